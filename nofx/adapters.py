@@ -1,0 +1,82 @@
+"""Builds the outside-world clients from settings, once per process, on first use."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from nofx.config import ConfigError, Settings, get_settings
+from nofx.llm.base import LLM
+from nofx.storage.base import Storage
+
+_lock = threading.Lock()
+_storage: Storage | None = None
+_llm: LLM | None = None
+
+
+def storage(settings: Settings | None = None) -> Storage:
+    """The configured artifact store."""
+    global _storage
+    with _lock:
+        if _storage is None:
+            _storage = build_storage(settings or get_settings())
+        return _storage
+
+
+def llm(settings: Settings | None = None) -> LLM:
+    """The configured LLM provider."""
+    global _llm
+    with _lock:
+        if _llm is None:
+            _llm = build_llm(settings or get_settings())
+        return _llm
+
+
+def reset() -> None:
+    """Forget built clients (after settings change)."""
+    global _storage, _llm
+    with _lock:
+        _storage = _llm = None
+
+
+def build_storage(settings: Settings) -> Storage:
+    """A storage adapter for ``NOFX_STORAGE_URL`` (``file:///path`` or ``s3://bucket/prefix``)."""
+    url = urlparse(settings.storage_url)
+    if url.scheme == "file":
+        from nofx.storage.filesystem import FileStorage
+
+        return FileStorage(Path(unquote(url.path)))
+    if url.scheme == "s3":
+        return _build_s3(settings, url.netloc, url.path)
+    raise ConfigError(f"NOFX_STORAGE_URL must be file:// or s3://, got {settings.storage_url!r}")
+
+
+def _build_s3(settings: Settings, bucket: str, prefix: str) -> Storage:
+    from minio import Minio
+
+    from nofx.storage.s3 import S3Storage
+
+    if not bucket:
+        raise ConfigError("NOFX_STORAGE_URL s3:// needs a bucket: s3://bucket[/prefix]")
+    endpoint = settings.s3_endpoint or "s3.amazonaws.com"
+    endpoint = endpoint.split("://", 1)[-1].rstrip("/")
+    client = Minio(
+        endpoint,
+        access_key=settings.s3_access_key or None,
+        secret_key=settings.s3_secret_key or None,
+        secure=settings.s3_secure,
+        region=settings.s3_region or None,
+    )
+    return S3Storage(client, bucket, prefix)
+
+
+def build_llm(settings: Settings) -> LLM:
+    """The LLM provider named by ``NOFX_LLM_PROVIDER``."""
+    if settings.llm_provider == "anthropic":
+        from nofx.llm.anthropic import AnthropicLLM
+
+        return AnthropicLLM(timeout_s=settings.llm_timeout_s)
+    from nofx.llm.offline import OfflineLLM
+
+    return OfflineLLM()

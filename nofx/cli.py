@@ -1,0 +1,274 @@
+"""The ``nofx`` command (also ``python manage.py``): run NOFX, migrate it, and drive runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from nofx import __version__
+
+EXAMPLE = "examples/hello-readme.json"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="nofx")
+def main() -> None:
+    """NOFX: submit plans of AI steps, run them on Celery, watch every transition.
+
+    \b
+    Start everything on this machine (no servers needed):   nofx dev
+    Submit a plan and wait for it:                          nofx runs submit PLAN.json --wait
+    Production processes:                                   nofx api | celery -A nofx.worker worker|beat
+    Configuration is read from NOFX_* environment variables (see docs/configuration.md).
+    """
+
+
+# -- processes -----------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--submit", "plan_path", type=click.Path(exists=True, dir_okay=False),
+              help="Submit this plan once NOFX is up, show its progress and where its artifacts are.")
+@click.option("--exit", "exit_after", is_flag=True,
+              help="With --submit: stop NOFX after the run ends; exit 0 only if it succeeded.")
+@click.option("--concurrency", default=2, show_default=True, help="Worker processes.")
+def dev(plan_path: str | None, exit_after: bool, concurrency: int) -> None:
+    """Run API, worker and beat together on this machine, with embedded defaults.
+
+    With no configuration this needs no servers: SQLite, a filesystem broker and
+    filesystem artifacts under NOFX_DATA_DIR (./.nofx), and an offline LLM. Set NOFX_*
+    variables to use Postgres, Redis/RabbitMQ, S3 and Anthropic instead.
+    Logs go to NOFX_DATA_DIR/logs/. Stop with Ctrl-C.
+    """
+    from nofx.devserver import DevServer
+
+    server = DevServer(concurrency=concurrency)
+    sys.exit(server.main(Path(plan_path) if plan_path else None, exit_after))
+
+
+@main.command()
+@click.option("--host", help="Address to bind [NOFX_API_HOST, default 127.0.0.1].")
+@click.option("--port", type=int, help="Port to bind [NOFX_API_PORT, default 8000].")
+@click.option("--workers", type=int, default=None, help="gunicorn worker processes [2].")
+@click.option("--allow-open", is_flag=True,
+              help="Bind a non-loopback address without NOFX_API_TOKEN (not recommended).")
+def api(host: str | None, port: int | None, workers: int | None, allow_open: bool) -> None:
+    """Serve the HTTP API under gunicorn (production)."""
+    if host:
+        os.environ["NOFX_API_HOST"] = host
+    if port:
+        os.environ["NOFX_API_PORT"] = str(port)
+    if workers:
+        os.environ["NOFX_API_WORKERS"] = str(workers)
+    if allow_open:
+        os.environ["NOFX_API_ALLOW_OPEN"] = "1"
+    from nofx.config import reset_settings
+
+    reset_settings()
+    _refuse_open_bind()
+    os.execvp(sys.executable, [sys.executable, "-m", "gunicorn", "-c",
+                               "python:nofx.api.gunicorn_conf", "nofx.api:create_app()"])
+
+
+def _refuse_open_bind() -> None:
+    from nofx.api.gunicorn_conf import open_bind_problem
+
+    problem = open_bind_problem()
+    if problem:
+        raise click.ClickException(problem)
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.pass_context
+def worker(ctx: click.Context) -> None:
+    """Start a Celery worker (prefork) with worker metrics on NOFX_WORKER_METRICS_PORT.
+
+    Extra arguments go to `celery worker`, e.g. `nofx worker -c 4 -B`.
+    """
+    from nofx.observe import prepare_multiprocess_dir
+
+    prepare_multiprocess_dir()
+    os.execvp(sys.executable, [sys.executable, "-m", "celery", "-A", "nofx.worker", "worker",
+                               "--pool", "prefork", "-l", "INFO", *ctx.args])
+
+
+@main.command()
+def reap() -> None:
+    """Run one reaper tick now, here, and print what it did."""
+    from nofx.services.reaper import reap as reap_now
+
+    click.echo(json.dumps(reap_now()))
+
+
+# -- database ------------------------------------------------------------------------------
+
+
+@main.group()
+def db() -> None:
+    """Database schema (Alembic)."""
+
+
+@db.command()
+@click.option("--revision", default="head", show_default=True)
+def upgrade(revision: str) -> None:
+    """Create or migrate the schema at NOFX_DATABASE_URL."""
+    from nofx.config import get_settings
+    from nofx.db.migrate import upgrade as do_upgrade
+
+    do_upgrade(revision=revision)
+    click.echo(f"database at {_safe_url(get_settings().database_url)} is at {revision}")
+
+
+@db.command()
+def current() -> None:
+    """Show the schema's revision."""
+    from nofx.db.migrate import current as show
+
+    show()
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+# -- runs ----------------------------------------------------------------------------------
+
+
+@main.group()
+@click.option("--api-url", envvar="NOFX_API_URL", help="API base URL [NOFX_API_URL, default "
+              "http://NOFX_API_HOST:NOFX_API_PORT]. Token: NOFX_API_TOKEN.")
+@click.pass_context
+def runs(ctx: click.Context, api_url: str | None) -> None:
+    """Submit plans and look at runs through the HTTP API."""
+    from nofx.client import Client
+
+    ctx.obj = Client(api_url)
+
+
+def _call(fn: Any, *args: Any) -> Any:
+    from nofx.client import ApiError
+
+    try:
+        return fn(*args)
+    except ApiError as exc:
+        detail = exc.body.get("errors") if isinstance(exc.body, dict) else None
+        message = str(exc) + (f"\n{json.dumps(detail, indent=2)}" if detail else "")
+        raise click.ClickException(message) from exc
+    except Exception as exc:  # connection refused and the like: say what and where
+        raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+
+
+@runs.command()
+@click.argument("plan_file", type=click.File("r"))
+@click.option("--wait", is_flag=True, help="Show progress until the run ends; exit 1 unless it succeeded.")
+@click.option("--timeout", type=float, default=None, help="With --wait: give up after this many seconds.")
+@click.option("--idempotency-key", help="Send as Idempotency-Key: resubmitting returns the same run.")
+@click.pass_obj
+def submit(client: Any, plan_file: Any, wait: bool, timeout: float | None,
+           idempotency_key: str | None) -> None:
+    """Submit PLAN_FILE (JSON: {"plan": {"goal", "steps"}}; "-" reads stdin)."""
+    try:
+        body = json.load(plan_file)
+    except ValueError as exc:
+        raise click.ClickException(f"{plan_file.name} is not valid JSON: {exc}") from exc
+    run = _call(client.submit, body, idempotency_key)
+    click.echo(f"run {run['id']} {run['status']} ({len(run['steps'])} steps)")
+    if wait:
+        sys.exit(watch(client, run["id"], timeout))
+
+
+def watch(client: Any, run_id: str, timeout: float | None) -> int:
+    """Print a run's events as they come, then its outcome and artifacts; 0 if it succeeded."""
+    try:
+        for event in client.follow(run_id, timeout_s=timeout):
+            click.echo(describe_event(event))
+    except TimeoutError as exc:
+        click.echo(str(exc), err=True)
+        return 2
+    run = _call(client.run, run_id)
+    colour = "green" if run["status"] == "succeeded" else "red"
+    click.secho(f"run {run_id} {run['status']}", fg=colour, bold=True)
+    for artifact in run["artifacts"]:
+        click.echo(f"  artifact {artifact['name']} ({artifact['size']} bytes): "
+                   f"{client.base_url}{artifact['url']}")
+    return 0 if run["status"] == "succeeded" else 1
+
+
+def describe_event(event: dict[str, Any]) -> str:
+    """One line for one event, for people."""
+    p, kind = event.get("payload") or {}, event["type"]
+    detail = {
+        "step.started": lambda: f"attempt {p.get('attempt')}",
+        "llm.usage": lambda: (f"{p.get('provider')}/{p.get('model')} in={p.get('input_tokens')} "
+                              f"out={p.get('output_tokens')} ${p.get('cost_usd', 0):.6f}"),
+        "artifact.created": lambda: f"{p.get('name')} {p.get('size')} bytes",
+        "step.finished": lambda: f"{p.get('status')} in {p.get('duration_s')}s" + (
+            f": {p['error']['message']}" if p.get("error") else ""),
+        "step.retrying": lambda: f"attempt {p.get('attempt')} failed, retry in {p.get('delay_s')}s",
+        "step.reaped": lambda: f"{p.get('reason')} -> {p.get('action')}",
+        "run.finished": lambda: str(p.get("status")),
+    }.get(kind, lambda: "")()
+    step = f" [{event['step_id'][:8]}]" if event.get("step_id") else ""
+    return f"  {event['created_at'][11:23]} {kind}{step} {detail}".rstrip()
+
+
+@runs.command()
+@click.argument("run_id")
+@click.pass_obj
+def show(client: Any, run_id: str) -> None:
+    """Print a run (with steps and artifacts) as JSON."""
+    click.echo(json.dumps(_call(client.run, run_id), indent=2))
+
+
+@runs.command()
+@click.argument("run_id")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing events until the run ends.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON event per line.")
+@click.pass_obj
+def events(client: Any, run_id: str, follow: bool, as_json: bool) -> None:
+    """Print a run's events."""
+    def _print() -> None:
+        for event in client.follow(run_id) if follow else client.events(run_id):
+            click.echo(json.dumps(event) if as_json else describe_event(event))
+
+    _call(_print)
+
+
+@runs.command(name="list")
+@click.option("--status", type=click.Choice(["queued", "running", "succeeded", "failed", "cancelled"]))
+@click.option("--limit", default=20, show_default=True)
+@click.pass_obj
+def list_(client: Any, status: str | None, limit: int) -> None:
+    """List recent runs, newest first."""
+    for run in _call(client.runs, status, limit)["items"]:
+        click.echo(f"{run['id']}  {run['status']:<10} {run['created_at'][:19]}  {run['goal'][:60]}")
+
+
+@runs.command()
+@click.argument("run_id")
+@click.pass_obj
+def cancel(client: Any, run_id: str) -> None:
+    """Cancel a queued or running run."""
+    click.echo(f"run {run_id} {_call(client.cancel, run_id)['status']}")
+
+
+@runs.command()
+@click.argument("run_id")
+@click.option("--wait", is_flag=True, help="Show progress until the run ends.")
+@click.pass_obj
+def retry(client: Any, run_id: str, wait: bool) -> None:
+    """Resume a failed or cancelled run from its first unsuccessful step."""
+    click.echo(f"run {run_id} {_call(client.retry, run_id)['status']}")
+    if wait:
+        sys.exit(watch(client, run_id, None))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""A small HTTP client for the NOFX API, used by the CLI."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Iterator
+
+import httpx
+
+from nofx.config import get_settings
+
+
+class ApiError(Exception):
+    """The API answered with an error (its JSON message is kept)."""
+
+    def __init__(self, status: int, body: Any) -> None:
+        message = body.get("message") if isinstance(body, dict) else str(body)
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.body = body
+
+
+class Client:
+    """Talks to one NOFX API; the token comes from ``NOFX_API_TOKEN`` unless given."""
+
+    def __init__(self, base_url: str | None = None, token: str | None = None,
+                 timeout: float = 30.0) -> None:
+        settings = get_settings()
+        self.base_url = (base_url or f"http://{settings.api_host}:{settings.api_port}").rstrip("/")
+        token = token if token is not None else (settings.api_tokens[0] if settings.api_tokens else "")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+
+    def _json(self, response: httpx.Response) -> Any:
+        try:
+            body = response.json()
+        except ValueError:
+            body = response.text
+        if response.status_code >= 400:
+            raise ApiError(response.status_code, body)
+        return body
+
+    def submit(self, plan_body: dict[str, Any], idempotency_key: str | None = None) -> dict:
+        """``POST /runs``."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return self._json(self.http.post("/runs", json=plan_body, headers=headers))
+
+    def run(self, run_id: str) -> dict:
+        """``GET /runs/{id}``."""
+        return self._json(self.http.get(f"/runs/{run_id}"))
+
+    def runs(self, status: str | None = None, limit: int = 20) -> dict:
+        """``GET /runs``."""
+        params = {"limit": limit, **({"status": status} if status else {})}
+        return self._json(self.http.get("/runs", params=params))
+
+    def events(self, run_id: str, after: int = 0) -> list[dict]:
+        """``GET /runs/{id}/events?after=``."""
+        return self._json(self.http.get(f"/runs/{run_id}/events", params={"after": after}))["items"]
+
+    def cancel(self, run_id: str) -> dict:
+        """``POST /runs/{id}/cancel``."""
+        return self._json(self.http.post(f"/runs/{run_id}/cancel"))
+
+    def retry(self, run_id: str) -> dict:
+        """``POST /runs/{id}/retry``."""
+        return self._json(self.http.post(f"/runs/{run_id}/retry"))
+
+    def health(self) -> dict:
+        """``GET /health``."""
+        return self._json(self.http.get("/health"))
+
+    def follow(self, run_id: str, *, timeout_s: float | None = None, poll_s: float = 0.5,
+               sleep: Callable[[float], None] = time.sleep) -> Iterator[dict]:
+        """Yield a run's events as they happen until ``run.finished`` (or ``timeout_s``)."""
+        after, deadline = 0, (time.monotonic() + timeout_s) if timeout_s else None
+        while True:
+            for event in self.events(run_id, after):
+                after = event["id"]
+                yield event
+                if event["type"] == "run.finished":
+                    return
+            if deadline and time.monotonic() > deadline:
+                raise TimeoutError(f"run {run_id} did not finish within {timeout_s:g}s")
+            sleep(poll_s)

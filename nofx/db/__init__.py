@@ -1,0 +1,1 @@
+"""Persistence: the schema, engines, and migrations (``nofx db upgrade``)."""

@@ -1,0 +1,76 @@
+"""Database engines: one pool per process, built on first use, never at import."""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import make_url
+
+_engines: dict[str, Engine] = {}
+_lock = threading.Lock()
+
+
+def get_engine(url: str | None = None) -> Engine:
+    """The engine for ``url`` (default: the configured database), created once per process."""
+    if url is None:
+        from nofx.config import get_settings
+
+        url = get_settings().database_url
+    with _lock:
+        if url not in _engines:
+            _engines[url] = _create(url)
+        return _engines[url]
+
+
+def _create(url: str) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return _create_sqlite(url)
+    # Sized for a gunicorn worker or a prefork child; recycled so a restarted Postgres or a
+    # proxy that drops idle connections never hands us a dead one.
+    return create_engine(
+        url, pool_size=5, max_overflow=5, pool_pre_ping=True, pool_recycle=1800, pool_timeout=10
+    )
+
+
+def _create_sqlite(url: str) -> Engine:
+    database = make_url(url).database
+    if database and database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy emit BEGIN itself (below); pysqlite's implicit BEGIN is deferred,
+        # which lets two writers deadlock instead of waiting for each other.
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+@contextmanager
+def transaction(url: str | None = None) -> Iterator[Connection]:
+    """One database transaction: committed when the block ends, rolled back if it raises."""
+    with get_engine(url).begin() as conn:
+        yield conn
+
+
+def dispose_engines() -> None:
+    """Close every pool; after fork, and on shutdown."""
+    with _lock:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()

@@ -1,0 +1,74 @@
+"""NOFX's errors: one shallow tree. Each class knows its HTTP status; edges catch them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class NofxError(Exception):
+    """Base of every error NOFX raises on purpose."""
+
+    http_status = 500
+
+    def __init__(self, message: str, *, errors: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.errors = errors
+
+
+class NotFound(NofxError):
+    """The named run, step or artifact does not exist."""
+
+    http_status = 404
+
+
+class Conflict(NofxError):
+    """The request is valid but does not fit the resource's current state."""
+
+    http_status = 409
+
+
+class InvalidPlan(NofxError):
+    """The plan (or a tool's inputs) failed validation; ``errors`` says where."""
+
+    http_status = 422
+
+
+class Unavailable(NofxError):
+    """A dependency (database, broker, storage) did not answer."""
+
+    http_status = 503
+
+
+class ToolError(NofxError):
+    """A tool could not do its work. Subclasses say whether trying again may help."""
+
+    retryable = False
+
+    def as_dict(self) -> dict[str, str]:
+        """The shape stored in ``step.error`` and in events."""
+        return {"type": type(self).__name__, "message": self.message}
+
+
+class RetryableToolError(ToolError):
+    """A passing failure: rate limits, overload, timeouts, connection errors, 5xx."""
+
+    retryable = True
+
+
+class PermanentToolError(ToolError):
+    """A failure that will repeat: bad request, auth, invalid inputs."""
+
+
+class InvalidInputs(PermanentToolError):
+    """A tool's inputs do not fit its schema; ``errors`` is field by field."""
+
+
+class StorageError(RetryableToolError):
+    """The artifact store did not take or give back bytes."""
+
+    http_status = 503
+
+
+class StepLost(NofxError):
+    """The step is no longer ours to run: finished, cancelled, or reaped meanwhile."""

@@ -1,0 +1,81 @@
+"""Claude through the official Anthropic SDK.
+
+The SDK's own retries are off (``max_retries=0``): a failed call surfaces at once as a
+retryable or permanent tool error, and the step task owns the retry policy, so every retry
+is visible as a ``step.retrying`` event and retries never multiply (SDK x Celery).
+"""
+
+from __future__ import annotations
+
+import anthropic
+
+from nofx.errors import PermanentToolError, RetryableToolError
+from nofx.llm.base import Completion
+
+RETRYABLE_STATUSES = {408, 409, 429, 500, 502, 503, 504, 529}
+
+
+class AnthropicLLM:
+    """Asks Claude via ``messages.create``; reads key and base URL as the SDK does."""
+
+    provider = "anthropic"
+
+    def __init__(self, timeout_s: float, api_key: str | None = None) -> None:
+        # The SDK reads ANTHROPIC_API_KEY and ANTHROPIC_BASE_URL itself.
+        self.client = anthropic.Anthropic(api_key=api_key, timeout=timeout_s, max_retries=0)
+
+    def complete(
+        self, prompt: str, *, model: str, max_tokens: int, system: str | None = None
+    ) -> Completion:
+        """One Messages API call; errors come back as retryable or permanent tool errors."""
+        kwargs = {"system": system} if system else {}
+        try:
+            message = self.client.messages.create(
+                model=model,
+                max_tokens=max_tokens,
+                messages=[{"role": "user", "content": prompt}],
+                **kwargs,
+            )
+        except anthropic.APIStatusError as exc:
+            raise _status_error(exc) from exc
+        except (anthropic.APIConnectionError, anthropic.APITimeoutError) as exc:
+            raise RetryableToolError(f"Anthropic API unreachable: {exc}") from exc
+        except anthropic.APIResponseValidationError as exc:
+            raise RetryableToolError(f"Anthropic API answered malformed data: {exc}") from exc
+        return _completion(message, model)
+
+
+def _status_error(exc: anthropic.APIStatusError) -> Exception:
+    message = f"Anthropic API {exc.status_code}: {_error_message(exc)}"
+    if exc.status_code in RETRYABLE_STATUSES:
+        return RetryableToolError(message)
+    return PermanentToolError(message)
+
+
+def _error_message(exc: anthropic.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"])
+    return exc.message
+
+
+def _completion(message: object, requested_model: str) -> Completion:
+    try:
+        blocks = getattr(message, "content")
+        text = "".join(b.text for b in blocks if getattr(b, "type", None) == "text")
+        usage = getattr(message, "usage")
+        input_tokens, output_tokens = int(usage.input_tokens), int(usage.output_tokens)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise RetryableToolError(f"Anthropic API answered malformed data: {exc}") from exc
+    if not text:
+        raise RetryableToolError("Anthropic API answered with no text content")
+    return Completion(
+        text=text,
+        provider="anthropic",
+        model=getattr(message, "model", None) or requested_model,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        stop_reason=getattr(message, "stop_reason", None),
+    )

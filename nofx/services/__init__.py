@@ -1,0 +1,1 @@
+"""The service layer: plain verb functions that entrypoints (HTTP, tasks, CLI) call."""

@@ -1,0 +1,176 @@
+"""Running one step: claim it, run its tool under a heartbeat, store its artifacts, finish it.
+
+Called by the step task (``nofx/worker/tasks.py``), which owns the retry policy. Every
+status change goes through :mod:`nofx.status`; this module decides which one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy import select
+
+from nofx import adapters, status
+from nofx.config import get_settings
+from nofx.db.engine import transaction
+from nofx.db.models import steps
+from nofx.domain import StepStatus
+from nofx.errors import PermanentToolError, StepLost, ToolError
+from nofx.llm.base import Completion, cost_usd
+from nofx.storage.base import artifact_key
+from nofx.tools import Artifact, ToolContext, get_tool
+
+log = logging.getLogger(__name__)
+
+
+def claim(run_id: str, step_id: str, task_id: str) -> status.ClaimedStep | None:
+    """Take the step for one attempt, or ``None`` when it is not ours to run."""
+    with transaction() as conn:
+        return status.claim_step(conn, run_id, step_id, task_id)
+
+
+def step_status(step_id: str) -> StepStatus | None:
+    """The step's current status (to tell a finished duplicate from a busy one)."""
+    with transaction() as conn:
+        value = conn.execute(select(steps.c.status).where(steps.c.id == step_id)).scalar()
+    return StepStatus(value) if value else None
+
+
+def run_claimed(step: status.ClaimedStep) -> dict[str, Any]:
+    """Run the claimed step's tool and record its success; returns its outputs."""
+    settings = get_settings()
+    tool = get_tool(step.tool)
+    if tool is None:
+        raise PermanentToolError(f"no tool named {step.tool!r} is installed on this worker")
+    inputs = tool.validate(step.inputs)
+    ctx = ToolContext(
+        run_id=step.run_id, step_id=step.id, attempt=step.attempt,
+        llm_client=adapters.llm(), default_model=settings.llm_model,
+        default_max_tokens=settings.llm_max_tokens,
+        on_usage=lambda completion: record_usage(step, completion),
+    )
+    with Heartbeat(step, settings.heartbeat_s):
+        result = tool.run(inputs, ctx)
+        stored = [store_artifact(step, artifact) for artifact in result.artifacts]
+    with transaction() as conn:
+        done = status.succeed_step(conn, step.run_id, step.id, step.attempt, result.outputs, stored)
+    if not done:
+        raise StepLost(f"step {step.id} attempt {step.attempt} was cancelled or reaped meanwhile")
+    return result.outputs
+
+
+def record_usage(step: status.ClaimedStep, completion: Completion) -> None:
+    """Record ``llm.usage`` for the step the moment the model has answered."""
+    prices = get_settings().llm_prices
+    cost = cost_usd(prices, completion.model, completion.input_tokens, completion.output_tokens)
+    payload = {
+        "provider": completion.provider,
+        "model": completion.model,
+        "input_tokens": completion.input_tokens,
+        "output_tokens": completion.output_tokens,
+        "cost_usd": cost if cost is not None else 0.0,
+        "priced": cost is not None,
+        "attempt": step.attempt,
+    }
+    with transaction() as conn:
+        status.record_for_attempt(conn, step.id, step.attempt, "llm.usage", payload)
+    from nofx import observe
+
+    observe.llm_usage(completion, cost or 0.0)
+
+
+def store_artifact(step: status.ClaimedStep, artifact: Artifact) -> status.NewArtifact:
+    """Put the bytes in the artifact store; the row is written with the step's success."""
+    key = artifact_key(step.run_id, step.id, artifact.name)
+    stored = adapters.storage().put(key, artifact.data, artifact.content_type)
+    return status.NewArtifact(
+        name=artifact.name, content_type=artifact.content_type, size=stored.size,
+        sha256=stored.sha256, storage_key=stored.key,
+    )
+
+
+def error_of(exc: BaseException, timeout_s: float | None = None) -> dict[str, str]:
+    """The ``{"type", "message"}`` a failed step records."""
+    if isinstance(exc, ToolError):
+        return exc.as_dict()
+    if isinstance(exc, SoftTimeLimitExceeded):
+        limit = f" of {timeout_s:g}s" if timeout_s else ""
+        return {"type": "TimeLimitExceeded", "message": f"the step ran past its time limit{limit}"}
+    return {"type": type(exc).__name__, "message": str(exc) or type(exc).__name__}
+
+
+def fail(run_id: str, step_id: str, attempt: int, exc: BaseException) -> bool:
+    """End the attempt ``failed`` (``timed_out`` on a time limit); the run fails with it."""
+    timed_out = isinstance(exc, SoftTimeLimitExceeded)
+    with transaction() as conn:
+        timeout_s = conn.execute(select(steps.c.timeout_s).where(steps.c.id == step_id)).scalar()
+        return status.fail_step(
+            conn, run_id, step_id, attempt, error_of(exc, timeout_s),
+            status=StepStatus.TIMED_OUT if timed_out else StepStatus.FAILED,
+        )
+
+
+def retry_later(step: status.ClaimedStep, exc: ToolError, delay_s: float) -> bool:
+    """Queue the step again after ``delay_s``, recording ``step.retrying``."""
+    payload = {"attempt": step.attempt, "delay_s": round(delay_s, 3), "error": exc.as_dict()}
+    with transaction() as conn:
+        return status.requeue_step(
+            conn, step.run_id, step.id, step.attempt, ("step.retrying", payload), delay_s=delay_s
+        )
+
+
+def finish_run(run_id: str) -> bool:
+    """End the run ``succeeded`` if every step has."""
+    with transaction() as conn:
+        return status.finish_run(conn, run_id)
+
+
+class Heartbeat:
+    """Refreshes a running step's heartbeat from a thread, without blocking the tool.
+
+    When the attempt no longer holds the step (cancelled, or reaped after a long stall) the
+    tool is interrupted inside a prefork child, where SIGUSR1 raises SoftTimeLimitExceeded.
+    """
+
+    def __init__(self, step: status.ClaimedStep, period_s: float) -> None:
+        self.step = step
+        self.period_s = max(period_s, 0.05)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"heartbeat-{step.id}", daemon=True)
+        self.lost = False
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.period_s + 5)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.period_s):
+            try:
+                with transaction() as conn:
+                    held = status.beat(conn, self.step.id, self.step.attempt)
+            except Exception:  # a missed beat is survivable; the next one may get through
+                log.warning("heartbeat failed", exc_info=True,
+                            extra={"run_id": self.step.run_id, "step_id": self.step.id})
+                continue
+            if not held:
+                self.lost = True
+                log.warning("step no longer held by this attempt; interrupting the tool",
+                            extra={"run_id": self.step.run_id, "step_id": self.step.id})
+                _interrupt()
+                return
+
+
+def _interrupt() -> None:
+    from billiard.pool import soft_timeout_sighandler
+
+    if signal.getsignal(signal.SIGUSR1) is soft_timeout_sighandler:
+        os.kill(os.getpid(), signal.SIGUSR1)

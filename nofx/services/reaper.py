@@ -1,0 +1,213 @@
+"""The reaper: finds steps stuck in ``running`` and runs that stalled, and heals them.
+
+A step is stuck when it is running and its last heartbeat (its start, if it never beat) is
+older than NOFX_STUCK_AFTER_S, or it has run past its hard time limit plus a grace. With
+attempts left it is queued again and its run redispatched from it; without, it ends
+``timed_out`` or ``failed`` and its run ``failed``. A run whose due step never arrived
+(broker down at submit, a chain lost with a worker) is dispatched again. Every action is
+a guarded transition that records ``step.reaped`` with its ``reason`` and ``action``.
+
+Each query reads a partial index (running steps, due queued steps, queued runs), so a tick
+costs the same with a million finished steps as with ten. On Postgres an advisory lock lets
+only one reaper act at a time, so two beat processes started by mistake do not double-act.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from typing import Any, Iterator
+
+from sqlalchemy import Connection, and_, func, or_, select, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from nofx import status
+from nofx.config import Settings, get_settings
+from nofx.db.engine import get_engine, transaction
+from nofx.db.models import components, counters, runs, steps
+from nofx.domain import RUN_ACTIVE, RunStatus, StepStatus
+from nofx.services import dispatch
+
+log = logging.getLogger(__name__)
+
+REAPER_LOCK_ID = 0x6E6F6678  # "nofx"
+HEARTBEAT_LOST, HARD_LIMIT, NEVER_STARTED = "heartbeat_lost", "hard_time_limit", "never_started"
+
+
+def stuck_steps(settings: Settings | None = None, at: datetime | None = None) -> list[dict[str, Any]]:
+    """Running steps the reaper would act on now, each with ``age_s`` and ``reason``."""
+    settings = settings or get_settings()
+    at = at or status.now()
+    silent_since = at - timedelta(seconds=settings.stuck_after_s)
+    with transaction() as conn:
+        rows = conn.execute(
+            select(steps).where(steps.c.status == StepStatus.RUNNING)
+            .order_by(steps.c.heartbeat_at)
+        ).mappings().all()
+    found = []
+    for row in rows:
+        reason = _stuck_reason(row, settings, at, silent_since)
+        if reason:
+            last = row["heartbeat_at"] or row["started_at"] or at
+            found.append(dict(row, age_s=round((at - last).total_seconds(), 3), reason=reason))
+    return found
+
+
+def _stuck_reason(row: Any, settings: Settings, at: datetime, silent_since: datetime) -> str | None:
+    if row["started_at"] is not None:
+        deadline = row["started_at"] + timedelta(seconds=row["timeout_s"] + settings.hard_limit_grace_s)
+        if at > deadline:
+            return HARD_LIMIT
+    last = row["heartbeat_at"] or row["started_at"]
+    if last is None or last < silent_since:
+        return HEARTBEAT_LOST
+    return None
+
+
+def reap(settings: Settings | None = None) -> dict[str, int]:
+    """One reaper tick; returns how many of each action it took."""
+    settings = settings or get_settings()
+    done = {"requeued": 0, "failed": 0, "redispatched": 0, "finished": 0, "skipped": 0}
+    with _single_reaper() as acquired:
+        if not acquired:
+            done["skipped"] = 1
+            log.info("another reaper holds the lock; skipping this tick")
+            return done
+        for step in stuck_steps(settings):
+            done[_heal_stuck(step)] += 1
+        done["redispatched"] += _redispatch_stalled(settings)
+        done["finished"] += _finish_completed_runs()
+        _mark_alive()
+    if any(v for k, v in done.items() if k != "skipped"):
+        log.info("reaper acted", extra=done)
+    return done
+
+
+def _heal_stuck(step: dict[str, Any]) -> str:
+    run_id, step_id, attempt, reason = step["run_id"], step["id"], step["attempt"], step["reason"]
+    ids = {"run_id": run_id, "step_id": step_id}
+    if attempt < step["max_attempts"]:
+        payload = {"reason": reason, "action": "requeued", "attempt": attempt, "age_s": step["age_s"]}
+        with transaction() as conn:
+            changed = status.requeue_step(conn, run_id, step_id, attempt, ("step.reaped", payload))
+            if changed:
+                _count(conn, reason, "requeued")
+        if changed:
+            log.warning("stuck step requeued (%s)", reason, extra=ids)
+            dispatch.dispatch_run(run_id)
+            return "requeued"
+        return "skipped"
+    error = {
+        "type": "StepStuck",
+        "message": f"gave up after {attempt} attempt(s): {reason.replace('_', ' ')}",
+    }
+    final = StepStatus.TIMED_OUT if reason == HARD_LIMIT else StepStatus.FAILED
+    with transaction() as conn:
+        changed = status.fail_step(
+            conn, run_id, step_id, attempt, error, status=final,
+            reaped={"reason": reason, "action": "failed", "attempt": attempt, "age_s": step["age_s"]},
+        )
+        if changed:
+            _count(conn, reason, "failed")
+    if changed:
+        log.error("stuck step failed: %s", error["message"], extra=ids)
+        return "failed"
+    return "skipped"
+
+
+def _redispatch_stalled(settings: Settings) -> int:
+    """Send again runs whose due step never arrived; undispatched runs go first and fast."""
+    at = status.now()
+    undispatched_before = at - timedelta(seconds=min(settings.reap_every_s, 5))
+    overdue_before = at - timedelta(seconds=max(settings.stuck_after_s * 4, 120))
+    with transaction() as conn:
+        rows = conn.execute(
+            select(steps.c.id, steps.c.run_id, runs.c.dispatched_at)
+            .join(runs, runs.c.id == steps.c.run_id)
+            .where(
+                steps.c.status == StepStatus.QUEUED,
+                steps.c.due_at.is_not(None),
+                runs.c.status.in_(RUN_ACTIVE),
+                or_(
+                    and_(runs.c.dispatched_at.is_(None), steps.c.due_at < undispatched_before),
+                    steps.c.due_at < overdue_before,
+                ),
+            )
+            .limit(500)
+        ).all()
+    count = 0
+    for row in rows:
+        reason = "never_dispatched" if row.dispatched_at is None else NEVER_STARTED
+        payload = {"reason": reason, "action": "redispatched"}
+        with transaction() as conn:
+            if not status.redispatched(conn, row.run_id, row.id, payload):
+                continue
+            _count(conn, reason, "redispatched")
+        log.warning("run redispatched (%s)", reason, extra={"run_id": row.run_id, "step_id": row.id})
+        dispatch.dispatch_run(row.run_id)
+        count += 1
+    return count
+
+
+def _finish_completed_runs() -> int:
+    """Runs still ``running`` with every step succeeded lost their last link: end them."""
+    active = select(steps.c.id).where(
+        steps.c.run_id == runs.c.id, steps.c.status != StepStatus.SUCCEEDED
+    ).exists()
+    with transaction() as conn:
+        run_ids = conn.execute(
+            select(runs.c.id).where(runs.c.status == RunStatus.RUNNING, ~active).limit(500)
+        ).scalars().all()
+    finished = 0
+    for run_id in run_ids:
+        with transaction() as conn:
+            finished += status.finish_run(conn, run_id)
+    return finished
+
+
+def _count(conn: Connection, reason: str, action: str) -> None:
+    """Add one to the durable ``steps_reaped`` counter (read by /metrics)."""
+    labels = f"reason={reason},action={action}"
+    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    stmt = insert(counters).values(name="steps_reaped", labels=labels, value=1)
+    conn.execute(stmt.on_conflict_do_update(
+        index_elements=["name", "labels"], set_={"value": counters.c.value + 1}
+    ))
+
+
+def _mark_alive() -> None:
+    at = status.now()
+    with transaction() as conn:
+        insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+        stmt = insert(components).values(name="reaper", kind="reaper", seen_at=at, info={})
+        conn.execute(stmt.on_conflict_do_update(index_elements=["name"], set_={"seen_at": at}))
+
+
+@contextmanager
+def _single_reaper() -> Iterator[bool]:
+    engine = get_engine()
+    if engine.dialect.name != "postgresql":
+        yield True  # SQLite serialises writers itself; guarded transitions do the rest
+        return
+    with engine.connect() as conn:
+        acquired = bool(conn.execute(text("SELECT pg_try_advisory_lock(:id)"),
+                                     {"id": REAPER_LOCK_ID}).scalar())
+        conn.commit()
+        try:
+            yield acquired
+        finally:
+            if acquired:
+                conn.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": REAPER_LOCK_ID})
+                conn.commit()
+
+
+def last_run_at() -> datetime | None:
+    """When the reaper last finished a tick."""
+    with transaction() as conn:
+        return conn.execute(
+            select(func.max(components.c.seen_at)).where(components.c.kind == "reaper")
+        ).scalar()
+
+

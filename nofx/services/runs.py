@@ -1,0 +1,190 @@
+"""Submitting, reading, cancelling and resuming runs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, and_, or_, select
+from sqlalchemy.exc import IntegrityError
+
+from nofx import status
+from nofx.config import get_settings
+from nofx.db.engine import transaction
+from nofx.db.models import artifacts, events, runs, steps
+from nofx.errors import Conflict, NotFound
+from nofx.services import dispatch
+from nofx.tools import get_tool
+
+log = logging.getLogger(__name__)
+
+
+def submit_run(plan: dict[str, Any], idempotency_key: str | None = None) -> tuple[dict, bool]:
+    """Store a validated plan as a queued run, then dispatch its chain.
+
+    Returns the run and whether it was created now (``False``: an idempotent replay).
+    The chain is sent only after the run is committed; if the broker is down the run stays
+    queued and the reaper sends it once the broker is back.
+    """
+    request_hash = _hash(plan) if idempotency_key else None
+    if idempotency_key:
+        existing = _replay(idempotency_key, request_hash)
+        if existing is not None:
+            return existing, False
+    run_id = status.new_id()
+    try:
+        with transaction() as conn:
+            status.create_run(
+                conn, run_id=run_id, goal=plan["goal"], plan=plan,
+                step_rows=_step_rows(plan), idempotency_key=idempotency_key,
+                request_hash=request_hash,
+            )
+    except IntegrityError:
+        # Another request with the same key won the race; answer with its run.
+        existing = _replay(idempotency_key, request_hash) if idempotency_key else None
+        if existing is None:
+            raise
+        return existing, False
+    log.info("run created", extra={"run_id": run_id, "steps": len(plan["steps"])})
+    dispatch.dispatch_run(run_id)
+    return get_run(run_id), True
+
+
+def _replay(key: str, request_hash: str | None) -> dict | None:
+    with transaction() as conn:
+        row = conn.execute(
+            select(runs.c.id, runs.c.request_hash).where(runs.c.idempotency_key == key)
+        ).first()
+    if row is None:
+        return None
+    if row.request_hash != request_hash:
+        raise Conflict("this Idempotency-Key was already used with a different request body")
+    return get_run(row.id)
+
+
+def _hash(plan: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()
+
+
+def _step_rows(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    settings = get_settings()
+    rows = []
+    for index, step in enumerate(plan["steps"]):
+        tool = get_tool(step["tool"])
+        default_timeout = tool.default_timeout_s if tool else 300.0
+        rows.append({
+            "id": status.new_id(),
+            "index": index,
+            "name": step["name"],
+            "tool": step["tool"],
+            "inputs": step.get("inputs") or {},
+            "max_attempts": step.get("max_attempts") or settings.default_max_attempts,
+            "timeout_s": float(step.get("timeout_s") or default_timeout),
+        })
+    return rows
+
+
+# -- reading -------------------------------------------------------------------------------
+
+
+def get_run(run_id: str) -> dict[str, Any]:
+    """A run with its steps (in plan order) and artifacts."""
+    with transaction() as conn:
+        run = conn.execute(select(runs).where(runs.c.id == run_id)).mappings().first()
+        if run is None:
+            raise NotFound(f"run {run_id} not found")
+        step_rows = conn.execute(
+            select(steps).where(steps.c.run_id == run_id).order_by(steps.c.index)
+        ).mappings().all()
+        artifact_rows = conn.execute(
+            select(artifacts).where(artifacts.c.run_id == run_id)
+            .order_by(artifacts.c.created_at, artifacts.c.id)
+        ).mappings().all()
+    return dict(run, steps=[dict(s) for s in step_rows], artifacts=[dict(a) for a in artifact_rows])
+
+
+def list_runs(
+    status_filter: str | None, limit: int, cursor: tuple[datetime, str] | None
+) -> tuple[list[dict[str, Any]], tuple[datetime, str] | None]:
+    """Runs newest first, one page after ``cursor`` (keyset), and the next page's cursor."""
+    query = select(runs).order_by(runs.c.created_at.desc(), runs.c.id.desc()).limit(limit + 1)
+    if status_filter:
+        query = query.where(runs.c.status == status_filter)
+    if cursor:
+        created_at, run_id = cursor
+        query = query.where(
+            or_(runs.c.created_at < created_at,
+                and_(runs.c.created_at == created_at, runs.c.id < run_id))
+        )
+    with transaction() as conn:
+        rows = [dict(r) for r in conn.execute(query).mappings().all()]
+    page, more = rows[:limit], len(rows) > limit
+    return page, ((page[-1]["created_at"], page[-1]["id"]) if more else None)
+
+
+def list_events(run_id: str, after: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
+    """A run's events in id order, after the event id ``after``."""
+    with transaction() as conn:
+        _require_run(conn, run_id)
+        rows = conn.execute(
+            select(events)
+            .where(events.c.run_id == run_id, events.c.id > after)
+            .order_by(events.c.id)
+            .limit(limit)
+        ).mappings().all()
+    return [dict(r) for r in rows]
+
+
+def list_artifacts(run_id: str) -> list[dict[str, Any]]:
+    """A run's artifacts, oldest first."""
+    with transaction() as conn:
+        _require_run(conn, run_id)
+        rows = conn.execute(
+            select(artifacts).where(artifacts.c.run_id == run_id)
+            .order_by(artifacts.c.created_at, artifacts.c.id)
+        ).mappings().all()
+    return [dict(r) for r in rows]
+
+
+def get_artifact(artifact_id: str) -> dict[str, Any]:
+    """One artifact's row."""
+    with transaction() as conn:
+        row = conn.execute(select(artifacts).where(artifacts.c.id == artifact_id)).mappings().first()
+    if row is None:
+        raise NotFound(f"artifact {artifact_id} not found")
+    return dict(row)
+
+
+def _require_run(conn: Connection, run_id: str) -> None:
+    if conn.execute(select(runs.c.id).where(runs.c.id == run_id)).first() is None:
+        raise NotFound(f"run {run_id} not found")
+
+
+# -- acting on runs ------------------------------------------------------------------------
+
+
+def cancel_run(run_id: str) -> dict[str, Any]:
+    """Cancel a queued or running run; a running step's task is revoked."""
+    with transaction() as conn:
+        _require_run(conn, run_id)
+        task_ids = status.cancel_run(conn, run_id)
+    if task_ids is None:
+        raise Conflict(f"run {run_id} has already finished; only queued or running runs cancel")
+    log.info("run cancelled", extra={"run_id": run_id})
+    dispatch.revoke(task_ids)
+    return get_run(run_id)
+
+
+def resume_run(run_id: str) -> dict[str, Any]:
+    """Resume a failed or cancelled run from its first unsuccessful step."""
+    with transaction() as conn:
+        _require_run(conn, run_id)
+        first = status.resume_run(conn, run_id)
+    if first is None:
+        raise Conflict(f"run {run_id} is not failed or cancelled; only those can be retried")
+    log.info("run resumed", extra={"run_id": run_id, "from_index": first})
+    dispatch.dispatch_run(run_id)
+    return get_run(run_id)

@@ -1,0 +1,436 @@
+"""The only module that writes a run's or a step's status.
+
+Every transition is one guarded statement (``UPDATE ... WHERE id = :id AND status IN (...)
+RETURNING ...``) that writes its event in the caller's transaction and says whether it
+happened. When nothing matched, nothing changed and no event was written: a task delivered
+twice, a reaper racing a worker, a cancel racing a finish all end with one transition and
+one event.
+
+Each transition first locks its run's row, so a run's events are written one transaction at
+a time and their ids grow in commit order (a reader resuming ``after=id`` misses nothing).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, Iterable, Sequence
+
+from sqlalchemy import Connection, exists, func, insert, select, update
+
+from nofx.db.models import artifacts, events, runs, steps
+from nofx.domain import RUN_ACTIVE, RUN_RESUMABLE, STEP_ACTIVE, RunStatus, StepStatus
+
+Q, R, OK = StepStatus.QUEUED, StepStatus.RUNNING, StepStatus.SUCCEEDED
+
+
+def now() -> datetime:
+    """The current time in UTC; every timestamp NOFX writes comes from here."""
+    return datetime.now(timezone.utc)
+
+
+def new_id() -> str:
+    """A fresh UUID string for a run, step or artifact."""
+    return str(uuid.uuid4())
+
+
+@dataclass(frozen=True)
+class ClaimedStep:
+    """What a worker needs to run a step it has just claimed."""
+
+    id: str
+    run_id: str
+    index: int
+    name: str
+    tool: str
+    inputs: dict[str, Any]
+    attempt: int
+    max_attempts: int
+    timeout_s: float
+    started_at: datetime
+
+
+@dataclass(frozen=True)
+class NewArtifact:
+    """An artifact whose bytes are already stored; its row is written with the step's success."""
+
+    name: str
+    content_type: str
+    size: int
+    sha256: str
+    storage_key: str
+    id: str = ""
+
+
+# -- events --------------------------------------------------------------------------------
+
+
+def record(
+    conn: Connection, run_id: str, step_id: str | None, type_: str, payload: dict[str, Any]
+) -> None:
+    """Append one event to a run's log."""
+    conn.execute(
+        insert(events).values(
+            run_id=run_id, step_id=step_id, type=type_, payload=payload, created_at=now()
+        )
+    )
+
+
+def record_for_attempt(
+    conn: Connection, step_id: str, attempt: int, type_: str, payload: dict[str, Any]
+) -> bool:
+    """Append an event for a step only while that attempt still holds it (e.g. ``llm.usage``)."""
+    row = conn.execute(
+        select(steps.c.run_id).where(
+            steps.c.id == step_id, steps.c.status == R, steps.c.attempt == attempt
+        )
+    ).first()
+    if row is None:
+        return False
+    record(conn, row.run_id, step_id, type_, payload)
+    return True
+
+
+def _lock_run(conn: Connection, run_id: str) -> RunStatus | None:
+    row = conn.execute(
+        select(runs.c.status).where(runs.c.id == run_id).with_for_update()
+    ).first()
+    return RunStatus(row.status) if row else None
+
+
+# -- runs ----------------------------------------------------------------------------------
+
+
+def create_run(
+    conn: Connection,
+    *,
+    run_id: str,
+    goal: str,
+    plan: dict[str, Any],
+    step_rows: Sequence[dict[str, Any]],
+    idempotency_key: str | None = None,
+    request_hash: str | None = None,
+) -> None:
+    """Insert a queued run, its queued steps and ``run.created``."""
+    at = now()
+    conn.execute(
+        insert(runs).values(
+            id=run_id, status=RunStatus.QUEUED, goal=goal, plan=plan, created_at=at,
+            updated_at=at, idempotency_key=idempotency_key, request_hash=request_hash,
+        )
+    )
+    conn.execute(
+        insert(steps),
+        [
+            dict(row, run_id=run_id, status=Q, attempt=0, updated_at=at,
+                 due_at=at if row["index"] == 0 else None)
+            for row in step_rows
+        ],
+    )
+    record(conn, run_id, None, "run.created", {"goal": goal, "steps": len(step_rows)})
+
+
+def mark_dispatched(conn: Connection, run_id: str) -> bool:
+    """Note that the run's chain reached the broker (not a status change, so no event)."""
+    at = now()
+    result = conn.execute(
+        update(runs)
+        .where(runs.c.id == run_id, runs.c.status.in_(RUN_ACTIVE))
+        .values(dispatched_at=at, updated_at=at)
+    )
+    return result.rowcount > 0
+
+
+def _end_run(conn: Connection, run_id: str, status: RunStatus) -> bool:
+    at = now()
+    row = conn.execute(
+        update(runs)
+        .where(runs.c.id == run_id, runs.c.status.in_(RUN_ACTIVE))
+        .values(status=status, ended_at=at, updated_at=at)
+        .returning(runs.c.id)
+    ).first()
+    if row is not None:
+        record(conn, run_id, None, "run.finished", {"status": str(status)})
+    return row is not None
+
+
+def finish_run(conn: Connection, run_id: str) -> bool:
+    """``running -> succeeded`` once every step has succeeded."""
+    if _lock_run(conn, run_id) != RunStatus.RUNNING:
+        return False
+    unfinished = exists().where(steps.c.run_id == run_id, steps.c.status != OK)
+    if conn.execute(select(unfinished)).scalar():
+        return False
+    return _end_run(conn, run_id, RunStatus.SUCCEEDED)
+
+
+def cancel_run(conn: Connection, run_id: str) -> list[str] | None:
+    """Cancel an active run: its queued and running steps end ``cancelled``.
+
+    Returns the Celery task ids of the steps that were running (to revoke), or ``None``
+    when the run was not active.
+    """
+    if _lock_run(conn, run_id) not in RUN_ACTIVE:
+        return None
+    error = {"type": "Cancelled", "message": "the run was cancelled"}
+    ended = _end_steps(conn, run_id, STEP_ACTIVE, StepStatus.CANCELLED, error)
+    _end_run(conn, run_id, RunStatus.CANCELLED)
+    return [task_id for status, task_id in ended if status == R and task_id]
+
+
+def resume_run(conn: Connection, run_id: str) -> int | None:
+    """``failed|cancelled -> queued``: unsuccessful steps are queued again, fresh attempts.
+
+    Succeeded steps keep their outputs and artifacts. Returns the index of the first step
+    to run, or ``None`` when the run cannot be resumed.
+    """
+    if _lock_run(conn, run_id) not in RUN_RESUMABLE:
+        return None
+    at = now()
+    rows = conn.execute(
+        update(steps)
+        .where(steps.c.run_id == run_id, steps.c.status != OK)
+        .values(
+            status=Q, attempt=0, error=None, outputs=None, started_at=None, ended_at=None,
+            heartbeat_at=None, task_id=None, updated_at=at,
+        )
+        .returning(steps.c.id, steps.c.index)
+    ).all()
+    conn.execute(
+        update(runs)
+        .where(runs.c.id == run_id)
+        .values(status=RunStatus.QUEUED, ended_at=None, dispatched_at=None, updated_at=at)
+    )
+    first = min((row.index for row in rows), default=None)
+    _set_due(conn, run_id, first, at)
+    record(conn, run_id, None, "run.resumed", {"from_index": first, "steps": len(rows)})
+    return first
+
+
+# -- steps ---------------------------------------------------------------------------------
+
+
+def claim_step(conn: Connection, run_id: str, step_id: str, task_id: str) -> ClaimedStep | None:
+    """``queued -> running`` for one more attempt, if every earlier step has succeeded.
+
+    Also starts the run (``queued -> running``, ``run.started``) on its first claim.
+    """
+    run_status = _lock_run(conn, run_id)
+    if run_status not in RUN_ACTIVE:
+        return None
+    at = now()
+    earlier = steps.alias("earlier")
+    earlier_unfinished = exists().where(
+        earlier.c.run_id == steps.c.run_id,
+        earlier.c.index < steps.c.index,
+        earlier.c.status != OK,
+    )
+    row = conn.execute(
+        update(steps)
+        .where(
+            steps.c.id == step_id,
+            steps.c.run_id == run_id,
+            steps.c.status == Q,
+            steps.c.attempt < steps.c.max_attempts,
+            ~earlier_unfinished,
+        )
+        .values(
+            status=R, attempt=steps.c.attempt + 1, started_at=at, heartbeat_at=at,
+            ended_at=None, error=None, task_id=task_id, due_at=None, updated_at=at,
+        )
+        .returning(
+            steps.c.index, steps.c.name, steps.c.tool, steps.c.inputs, steps.c.attempt,
+            steps.c.max_attempts, steps.c.timeout_s,
+        )
+    ).first()
+    if row is None:
+        return None
+    if run_status == RunStatus.QUEUED:
+        conn.execute(
+            update(runs)
+            .where(runs.c.id == run_id)
+            .values(status=RunStatus.RUNNING, started_at=func.coalesce(runs.c.started_at, at),
+                    updated_at=at)
+        )
+        record(conn, run_id, None, "run.started", {})
+    record(conn, run_id, step_id, "step.started", {"attempt": row.attempt, "task_id": task_id})
+    return ClaimedStep(
+        id=step_id, run_id=run_id, index=row.index, name=row.name, tool=row.tool,
+        inputs=row.inputs, attempt=row.attempt, max_attempts=row.max_attempts,
+        timeout_s=row.timeout_s, started_at=at,
+    )
+
+
+def beat(conn: Connection, step_id: str, attempt: int) -> bool:
+    """Refresh a running step's heartbeat; ``False`` means the attempt no longer holds it."""
+    result = conn.execute(
+        update(steps)
+        .where(steps.c.id == step_id, steps.c.status == R, steps.c.attempt == attempt)
+        .values(heartbeat_at=now())
+    )
+    return result.rowcount > 0
+
+
+def succeed_step(
+    conn: Connection,
+    run_id: str,
+    step_id: str,
+    attempt: int,
+    outputs: dict[str, Any],
+    new_artifacts: Iterable[NewArtifact] = (),
+) -> bool:
+    """``running -> succeeded`` with outputs; the artifacts' rows and events come with it."""
+    _lock_run(conn, run_id)
+    at = now()
+    row = conn.execute(
+        update(steps)
+        .where(steps.c.id == step_id, steps.c.status == R, steps.c.attempt == attempt)
+        .values(status=OK, outputs=outputs, ended_at=at, updated_at=at)
+        .returning(steps.c.started_at, steps.c.index)
+    ).first()
+    if row is None:
+        return False
+    _set_due(conn, run_id, row.index + 1, at)
+    for artifact in new_artifacts:
+        _insert_artifact(conn, run_id, step_id, artifact)
+    record(conn, run_id, step_id, "step.finished", {
+        "status": str(OK), "error": None, "attempt": attempt,
+        "duration_s": _seconds(row.started_at, at),
+    })
+    return True
+
+
+def _insert_artifact(conn: Connection, run_id: str, step_id: str, a: NewArtifact) -> None:
+    artifact_id = a.id or new_id()
+    conn.execute(
+        insert(artifacts).values(
+            id=artifact_id, run_id=run_id, step_id=step_id, name=a.name,
+            content_type=a.content_type, size=a.size, sha256=a.sha256,
+            storage_key=a.storage_key, created_at=now(),
+        )
+    )
+    record(conn, run_id, step_id, "artifact.created", {
+        "artifact_id": artifact_id, "name": a.name, "size": a.size, "sha256": a.sha256,
+    })
+
+
+def fail_step(
+    conn: Connection,
+    run_id: str,
+    step_id: str,
+    attempt: int | None,
+    error: dict[str, Any],
+    *,
+    status: StepStatus = StepStatus.FAILED,
+    from_statuses: Sequence[StepStatus] = (R,),
+    reaped: dict[str, Any] | None = None,
+) -> bool:
+    """End a step ``failed`` or ``timed_out``; the rest of its run is cancelled, the run fails.
+
+    ``attempt=None`` matches any attempt (the reaper failing a step that gave up).
+    ``reaped`` (``reason``, ``action``) also records ``step.reaped`` first.
+    """
+    _lock_run(conn, run_id)
+    at = now()
+    guard = [steps.c.id == step_id, steps.c.status.in_(from_statuses)]
+    if attempt is not None:
+        guard.append(steps.c.attempt == attempt)
+    row = conn.execute(
+        update(steps)
+        .where(*guard)
+        .values(status=status, error=error, ended_at=at, updated_at=at)
+        .returning(steps.c.started_at, steps.c.attempt)
+    ).first()
+    if row is None:
+        return False
+    if reaped is not None:
+        record(conn, run_id, step_id, "step.reaped", reaped)
+    record(conn, run_id, step_id, "step.finished", {
+        "status": str(status), "error": error, "attempt": row.attempt,
+        "duration_s": _seconds(row.started_at, at),
+    })
+    skipped = {"type": "Skipped", "message": f"an earlier step ended {status}"}
+    _end_steps(conn, run_id, STEP_ACTIVE, StepStatus.CANCELLED, skipped)
+    _end_run(conn, run_id, RunStatus.FAILED)
+    return True
+
+
+def requeue_step(
+    conn: Connection,
+    run_id: str,
+    step_id: str,
+    attempt: int,
+    event: tuple[str, dict[str, Any]],
+    delay_s: float = 0.0,
+) -> bool:
+    """``running -> queued`` to be tried again (a retry, or the reaper); writes ``event``."""
+    _lock_run(conn, run_id)
+    at = now()
+    result = conn.execute(
+        update(steps)
+        .where(
+            steps.c.id == step_id, steps.c.status == R, steps.c.attempt == attempt,
+            steps.c.attempt < steps.c.max_attempts,
+        )
+        .values(status=Q, heartbeat_at=None, updated_at=at,
+                due_at=at + timedelta(seconds=delay_s))
+        .returning(steps.c.id)
+    ).first()
+    if result is None:
+        return False
+    record(conn, run_id, step_id, event[0], event[1])
+    return True
+
+
+def redispatched(conn: Connection, run_id: str, step_id: str, payload: dict[str, Any]) -> bool:
+    """Note that a due step was sent again (``step.reaped``); it is due again from now."""
+    _lock_run(conn, run_id)
+    result = conn.execute(
+        update(steps)
+        .where(steps.c.id == step_id, steps.c.status == Q)
+        .values(due_at=now())
+    )
+    if result.rowcount:
+        record(conn, run_id, step_id, "step.reaped", payload)
+    return result.rowcount > 0
+
+
+def _set_due(conn: Connection, run_id: str, index: int | None, at: datetime) -> None:
+    if index is not None:
+        conn.execute(
+            update(steps)
+            .where(steps.c.run_id == run_id, steps.c.index == index, steps.c.status == Q)
+            .values(due_at=at)
+        )
+
+
+def _end_steps(
+    conn: Connection,
+    run_id: str,
+    from_statuses: Sequence[StepStatus],
+    status: StepStatus,
+    error: dict[str, Any],
+) -> list[tuple[str, str | None]]:
+    at = now()
+    rows = conn.execute(
+        update(steps)
+        .where(steps.c.run_id == run_id, steps.c.status.in_(from_statuses))
+        .values(status=status, error=error, ended_at=at, due_at=None, updated_at=at)
+        .returning(steps.c.id, steps.c.index, steps.c.started_at, steps.c.task_id,
+                   steps.c.attempt)
+    ).all()
+    ended = []
+    for row in sorted(rows, key=lambda r: r.index):
+        # The status a step had before is not in RETURNING; a start time means it ran.
+        was = R if row.started_at is not None else Q
+        record(conn, run_id, row.id, "step.finished", {
+            "status": str(status), "error": error, "attempt": row.attempt,
+            "duration_s": _seconds(row.started_at, at) if was == R else 0.0,
+        })
+        ended.append((was, row.task_id))
+    return ended
+
+
+def _seconds(start: datetime | None, end: datetime) -> float:
+    return round((end - start).total_seconds(), 3) if start else 0.0

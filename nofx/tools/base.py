@@ -1,0 +1,81 @@
+"""What a tool is: validated inputs in, outputs and artifacts out. Nothing else.
+
+Tools never touch status, events or Celery. They ask the LLM through their context, which
+reports usage to whoever runs them, and they return artifacts as bytes for the executor
+to store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+from marshmallow import Schema, ValidationError
+
+from nofx.errors import InvalidInputs
+from nofx.llm.base import LLM, Completion
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A file a tool produced."""
+
+    name: str
+    data: bytes
+    content_type: str = "application/octet-stream"
+
+
+@dataclass
+class ToolResult:
+    """What a tool returns: JSON outputs and any artifacts."""
+
+    outputs: dict[str, Any]
+    artifacts: list[Artifact] = field(default_factory=list)
+
+
+@dataclass
+class ToolContext:
+    """What a tool may use while it runs."""
+
+    run_id: str
+    step_id: str
+    attempt: int
+    llm_client: LLM
+    default_model: str
+    default_max_tokens: int
+    on_usage: Callable[[Completion], None] = lambda completion: None
+
+    def complete(
+        self, prompt: str, *, model: str | None = None, max_tokens: int | None = None,
+        system: str | None = None,
+    ) -> Completion:
+        """Ask the configured LLM; usage is reported before the answer is returned."""
+        completion = self.llm_client.complete(
+            prompt,
+            model=model or self.default_model,
+            max_tokens=max_tokens or self.default_max_tokens,
+            system=system,
+        )
+        self.on_usage(completion)
+        return completion
+
+
+class Tool:
+    """Base class for tools. Set ``name``, ``Inputs`` and implement :meth:`run`."""
+
+    name: ClassVar[str]
+    Inputs: ClassVar[type[Schema]]
+    #: Hard limit for a step of this tool unless the plan sets ``timeout_s``.
+    default_timeout_s: ClassVar[float] = 300.0
+
+    def validate(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """Inputs as the tool will see them, or :class:`InvalidInputs` field by field."""
+        try:
+            return self.Inputs().load(inputs)
+        except ValidationError as exc:
+            errors = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
+            raise InvalidInputs(f"invalid inputs for tool {self.name!r}", errors=errors) from exc
+
+    def run(self, inputs: dict[str, Any], ctx: ToolContext) -> ToolResult:
+        """Do the work."""
+        raise NotImplementedError

@@ -1,0 +1,61 @@
+"""``codegen``: asks the LLM for a file and stores the answer as one artifact."""
+
+from __future__ import annotations
+
+import mimetypes
+from typing import Any
+
+from marshmallow import Schema, fields, validate
+
+from nofx.tools.base import Artifact, Tool, ToolContext, ToolResult
+
+SAFE_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}$"
+mimetypes.add_type("text/markdown", ".md")
+
+
+class CodegenInputs(Schema):
+    prompt = fields.String(required=True, validate=validate.Length(min=1, max=100_000))
+    topic = fields.String(load_default=None, validate=validate.Length(max=1_000))
+    filename = fields.String(
+        load_default="README.md",
+        validate=validate.Regexp(SAFE_NAME, error="a plain file name: letters, digits, _ . -"),
+    )
+    model = fields.String(load_default=None, validate=validate.Length(min=1, max=200))
+    max_tokens = fields.Integer(load_default=None, validate=validate.Range(min=1, max=64_000))
+
+
+class CodegenTool(Tool):
+    name = "codegen"
+    Inputs = CodegenInputs
+    default_timeout_s = 300.0
+
+    def run(self, inputs: dict[str, Any], ctx: ToolContext) -> ToolResult:
+        """Ask for the file; the answer's text becomes the artifact ``filename``."""
+        completion = ctx.complete(
+            inputs["prompt"],
+            model=inputs["model"],
+            max_tokens=inputs["max_tokens"],
+            system=_system_prompt(inputs["topic"], inputs["filename"]),
+        )
+        filename = inputs["filename"]
+        content_type = mimetypes.guess_type(filename)[0] or "text/plain"
+        artifact = Artifact(filename, completion.text.encode("utf-8"), content_type)
+        return ToolResult(
+            outputs={
+                "artifact": filename,
+                "provider": completion.provider,
+                "model": completion.model,
+                "chars": len(completion.text),
+                "stop_reason": completion.stop_reason,
+                "preview": completion.text[:200],
+            },
+            artifacts=[artifact],
+        )
+
+
+def _system_prompt(topic: str | None, filename: str) -> str:
+    about = f" about {topic}" if topic else ""
+    return (
+        f"You write the file {filename}{about}. Answer with the file's content only, "
+        "with no preamble and no surrounding code fence."
+    )

@@ -1,0 +1,115 @@
+"""NOFX's Celery tasks. Thin, like views: ids in, one service call, policy declared once.
+
+Success is recorded inside the task body, not in ``on_success``: Celery sends a chain's
+next link *before* it calls ``on_success`` (``celery/app/trace.py``), so a step recorded
+there could be overtaken by the next step or the run's end. Failure has no such race (a
+failed task never continues its chain), so :meth:`StepTask.on_failure` records it.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from typing import Any
+
+from celery import Task
+from celery.exceptions import Ignore
+
+from nofx import observe
+from nofx.config import get_settings
+from nofx.domain import StepStatus
+from nofx.errors import StepLost, ToolError
+from nofx.logs import bind
+from nofx.services import execute, reaper
+from nofx.worker.app import app
+
+log = logging.getLogger(__name__)
+
+
+class StepTask(Task):
+    """Base class of the step task: one place for the retry policy and failure handling."""
+
+    acks_late = True
+    reject_on_worker_lost = True
+
+    def backoff(self, attempt: int) -> float:
+        """Exponential backoff with full jitter, capped."""
+        settings = get_settings()
+        ceiling = min(settings.retry_backoff_max_s, settings.retry_backoff_s * 2 ** (attempt - 1))
+        return random.uniform(ceiling / 2, ceiling)
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any,
+                   einfo: Any) -> None:
+        """Record the failed attempt: the step ends failed or timed out, and so does its run."""
+        attempt = getattr(self.request, "nofx_attempt", None)
+        run_id, step_id = args[0], args[1]
+        if attempt is None or isinstance(exc, StepLost):
+            return  # never claimed by this delivery, or no longer ours: nothing to record
+        try:
+            changed = execute.fail(run_id, step_id, attempt, exc)
+        except Exception:  # the reaper will find the step; say so loudly
+            log.exception("could not record step failure", extra=_ids(run_id, step_id))
+            return
+        if changed:
+            log.error("step failed: %s", execute.error_of(exc)["message"],
+                      extra=_ids(run_id, step_id, tool=kwargs.get("tool")))
+            observe.step_finished(kwargs.get("tool", "?"), "failed", _elapsed(self.request))
+
+
+@app.task(bind=True, base=StepTask, name="nofx.run_step")
+def run_step(self: StepTask, run_id: str, step_id: str, **display: Any) -> None:
+    """Run one step of a run. ``display`` (tool, step, index) is for Flower and logs only."""
+    bind(run_id=run_id, step_id=step_id)
+    step = execute.claim(run_id, step_id, self.request.id)
+    if step is None:
+        return _not_claimed(run_id, step_id)
+    self.request.nofx_attempt = step.attempt
+    self.request.nofx_started = time.monotonic()
+    log.info("step started", extra=_ids(run_id, step_id, tool=step.tool, attempt=step.attempt))
+    try:
+        execute.run_claimed(step)
+    except ToolError as exc:
+        if exc.retryable and step.attempt < step.max_attempts:
+            delay = self.backoff(step.attempt)
+            if execute.retry_later(step, exc, delay):
+                log.warning("step will retry in %.1fs: %s", delay, exc.message,
+                            extra=_ids(run_id, step_id, attempt=step.attempt))
+                raise self.retry(countdown=delay, exc=exc, max_retries=None)
+        raise
+    observe.step_finished(step.tool, "succeeded", _elapsed(self.request))
+    log.info("step succeeded", extra=_ids(run_id, step_id, tool=step.tool, attempt=step.attempt))
+
+
+def _not_claimed(run_id: str, step_id: str) -> None:
+    """A delivery that may not run its step: continue the chain only past a finished step."""
+    current = execute.step_status(step_id)
+    if current == StepStatus.SUCCEEDED:
+        log.info("step already succeeded; passing the chain on", extra=_ids(run_id, step_id))
+        return None
+    log.info("step not claimable (%s); this delivery stops here", current,
+             extra=_ids(run_id, step_id))
+    raise Ignore()
+
+
+@app.task(name="nofx.finish_run", acks_late=True)
+def finish_run(run_id: str) -> None:
+    """End a run ``succeeded`` once all its steps have (the last link of every chain)."""
+    bind(run_id=run_id)
+    if execute.finish_run(run_id):
+        log.info("run succeeded", extra={"run_id": run_id})
+
+
+@app.task(name="nofx.reap", acks_late=True, ignore_result=True)
+def reap() -> dict[str, int]:
+    """Find stuck steps and stalled runs and heal them (beat runs this every NOFX_REAP_EVERY_S)."""
+    return reaper.reap()
+
+
+def _ids(run_id: str, step_id: str, **more: Any) -> dict[str, Any]:
+    return {"run_id": run_id, "step_id": step_id, **more}
+
+
+def _elapsed(request: Any) -> float:
+    started = getattr(request, "nofx_started", None)
+    return time.monotonic() - started if started else 0.0
