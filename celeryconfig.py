@@ -43,7 +43,10 @@ task_create_missing_queues = True
 
 task_acks_late = True
 task_reject_on_worker_lost = True
-task_acks_on_failure_or_timeout = True
+# A failed or hard-timed-out step is acked: its status is in the database and the reaper
+# decides what happens next, not a broker redelivery.
+task_acks_on_failure = True
+task_acks_on_timeout = True
 worker_prefetch_multiplier = 1
 # Per-step limits travel with each message; these bound anything else.
 task_time_limit = MAX_STEP_TIMEOUT_S

@@ -38,7 +38,6 @@ STEP_TRANSITIONS: frozenset[tuple[StepStatus, StepStatus]] = frozenset(
     {
         (StepStatus.QUEUED, StepStatus.RUNNING),  # claimed by a worker
         (StepStatus.QUEUED, StepStatus.CANCELLED),  # run cancelled or an earlier step failed
-        (StepStatus.QUEUED, StepStatus.FAILED),  # gave up before running (attempts used up)
         (StepStatus.RUNNING, StepStatus.SUCCEEDED),
         (StepStatus.RUNNING, StepStatus.FAILED),
         (StepStatus.RUNNING, StepStatus.TIMED_OUT),

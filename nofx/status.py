@@ -205,6 +205,8 @@ def resume_run(conn: Connection, run_id: str) -> int | None:
     first = min((row.index for row in rows), default=None)
     _set_due(conn, run_id, first, at)
     record(conn, run_id, None, "run.resumed", {"from_index": first, "steps": len(rows)})
+    for row in sorted(rows, key=lambda r: r.index):
+        record(conn, run_id, row.id, "step.queued", {"reason": "run resumed"})
     return first
 
 

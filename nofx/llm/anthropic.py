@@ -7,6 +7,8 @@ is visible as a ``step.retrying`` event and retries never multiply (SDK x Celery
 
 from __future__ import annotations
 
+import json
+
 import anthropic
 
 from nofx.errors import PermanentToolError, RetryableToolError
@@ -40,7 +42,8 @@ class AnthropicLLM:
             raise _status_error(exc) from exc
         except (anthropic.APIConnectionError, anthropic.APITimeoutError) as exc:
             raise RetryableToolError(f"Anthropic API unreachable: {exc}") from exc
-        except anthropic.APIResponseValidationError as exc:
+        except (anthropic.APIResponseValidationError, json.JSONDecodeError) as exc:
+            # The SDK lets a truncated or non-JSON body surface as a bare JSONDecodeError.
             raise RetryableToolError(f"Anthropic API answered malformed data: {exc}") from exc
         return _completion(message, model)
 

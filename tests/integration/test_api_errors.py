@@ -1,0 +1,94 @@
+"""Every error is JSON in the contract's shape; bad input changes nothing; no stack trace leaks."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from sqlalchemy import func, select
+
+from nofx.api import create_app
+from nofx.db.engine import transaction
+from nofx.db.models import runs
+from tests.support.runs import plan, step, submit, wait_finished
+
+
+def run_count() -> int:
+    with transaction() as conn:
+        return conn.execute(select(func.count()).select_from(runs)).scalar_one()
+
+
+def assert_error_shape(response, code: int) -> dict:
+    assert response.status_code == code
+    assert response.mimetype == "application/json"
+    body = response.get_json()
+    assert body["code"] == code and isinstance(body["status"], str) and body["message"]
+    assert "Traceback" not in response.get_data(as_text=True)
+    return body
+
+
+@pytest.mark.parametrize(("method", "path", "code"), [
+    ("get", "/runs/00000000-0000-0000-0000-000000000000", 404),
+    ("get", "/runs/00000000-0000-0000-0000-000000000000/events", 404),
+    ("get", "/runs/not-a-uuid/artifacts", 404),
+    ("get", "/artifacts/00000000-0000-0000-0000-000000000000/content", 404),
+    ("post", "/runs/00000000-0000-0000-0000-000000000000/cancel", 404),
+    ("get", "/no/such/route", 404),
+    ("delete", "/runs", 405),
+    ("put", "/health", 405),
+])
+def test_errors_are_json_in_one_shape(client, method, path, code):
+    assert_error_shape(getattr(client, method)(path), code)
+
+
+def test_a_bad_plan_gets_422_field_by_field_and_stores_nothing(client):
+    before = run_count()
+    response = client.post("/runs", json=plan(step("x", "teleport")))
+    body = assert_error_shape(response, 422)
+    assert "teleport" in str(body["errors"]) and "tool" in str(body["errors"])
+    assert run_count() == before
+
+
+@pytest.mark.parametrize(("data", "content_type", "code"), [
+    ("goal=x", "application/x-www-form-urlencoded", 415),
+    ("hello", "text/plain", 415),
+    ('{"plan": ', "application/json", 400),
+    ("[]", "application/json", 422),
+    ("null", "application/json", 422),
+])
+def test_a_body_that_is_not_a_plan_is_refused_and_nothing_is_stored(client, data, content_type, code):
+    before = run_count()
+    assert_error_shape(client.post("/runs", data=data, content_type=content_type), code)
+    assert run_count() == before
+
+
+def test_an_oversize_body_gets_413(client):
+    huge = {"plan": {"goal": "g" * 2_000_000, "steps": []}}
+    assert_error_shape(client.post("/runs", json=huge), 413)
+
+
+def test_finished_runs_cannot_be_cancelled_and_running_ones_cannot_be_retried(client, worker):
+    run = wait_finished(client, submit(client, plan(step("e", "echo")))["id"])
+    assert_error_shape(client.post(f"/runs/{run['id']}/cancel"), 409)
+    assert_error_shape(client.post(f"/runs/{run['id']}/retry"), 409)
+
+
+def test_an_unexpected_error_is_a_json_500_and_is_logged(services, caplog):
+    app = create_app({"TESTING": False, "PROPAGATE_EXCEPTIONS": False})
+
+    @app.get("/boom")
+    def boom():
+        raise RuntimeError("secret internals")
+
+    with caplog.at_level(logging.ERROR):
+        response = app.test_client().get("/boom")
+    body = assert_error_shape(response, 500)
+    assert "secret internals" not in body["message"]
+    assert any("secret internals" in (r.exc_text or "") or r.exc_info for r in caplog.records)
+
+
+def test_bad_query_parameters_get_422(client):
+    assert_error_shape(client.get("/runs?limit=0"), 422)
+    assert_error_shape(client.get("/runs?status=sleeping"), 422)
+    assert_error_shape(client.get("/runs?cursor=%%%"), 422)
+    assert_error_shape(client.get("/runs/x/events?after=-1"), 422)

@@ -1,0 +1,156 @@
+"""Every step status pair, on SQLite and Postgres: a transition happens exactly when allowed.
+
+Set-up writes statuses directly (that is what a test set-up is for); everything under test
+goes through ``nofx.status``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Callable
+
+import pytest
+from sqlalchemy import func, select, update
+
+from nofx import status
+from nofx.db.engine import get_engine
+from nofx.db.migrate import upgrade
+from nofx.db.models import events, runs, steps
+from nofx.domain import RUN_TRANSITIONS, STEP_TRANSITIONS, RunStatus, StepStatus
+
+S = StepStatus
+RUN_STATUS_FOR = {S.QUEUED: RunStatus.QUEUED, S.RUNNING: RunStatus.RUNNING,
+                  S.SUCCEEDED: RunStatus.RUNNING, S.FAILED: RunStatus.FAILED,
+                  S.TIMED_OUT: RunStatus.FAILED, S.CANCELLED: RunStatus.CANCELLED}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path) -> str:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'status.db'}"
+        upgrade(url)
+        return url
+    return request.getfixturevalue("database")
+
+
+def make_run(url: str, step_status: StepStatus) -> tuple[str, str]:
+    """A one-step run with its step in ``step_status`` (attempt 1 unless queued)."""
+    run_id, step_id = status.new_id(), status.new_id()
+    with get_engine(url).begin() as conn:
+        status.create_run(conn, run_id=run_id, goal="g", plan={}, step_rows=[{
+            "id": step_id, "index": 0, "name": "s", "tool": "echo", "inputs": {},
+            "max_attempts": 3, "timeout_s": 30.0}])
+        attempt = 0 if step_status == S.QUEUED else 1
+        conn.execute(update(steps).where(steps.c.id == step_id).values(
+            status=step_status, attempt=attempt,
+            started_at=None if attempt == 0 else status.now(), task_id="t-1"))
+        conn.execute(update(runs).where(runs.c.id == run_id).values(
+            status=RUN_STATUS_FOR[step_status]))
+    return run_id, step_id
+
+
+def operation(to: StepStatus, frm: StepStatus) -> Callable[[Any, str, str], Any]:
+    """The ``nofx.status`` call that would move a step to ``to``."""
+    return {
+        S.RUNNING: lambda c, r, s: status.claim_step(c, r, s, "t-2"),
+        S.SUCCEEDED: lambda c, r, s: status.succeed_step(c, r, s, 1, {"ok": True}),
+        S.FAILED: lambda c, r, s: status.fail_step(c, r, s, 1, {"type": "E", "message": "m"}),
+        S.TIMED_OUT: lambda c, r, s: status.fail_step(c, r, s, 1, {"type": "T", "message": "m"},
+                                                      status=S.TIMED_OUT),
+        S.CANCELLED: lambda c, r, s: status.cancel_run(c, r),
+        S.QUEUED: (lambda c, r, s: status.requeue_step(c, r, s, 1, ("step.retrying", {})))
+        if frm == S.RUNNING else (lambda c, r, s: status.resume_run(c, r)),
+    }[to]
+
+
+def step_status(url: str, step_id: str) -> str:
+    with get_engine(url).begin() as conn:
+        return conn.execute(select(steps.c.status).where(steps.c.id == step_id)).scalar_one()
+
+
+def event_count(url: str, step_id: str) -> int:
+    """Events about this step (run-level events are not the step's transitions)."""
+    with get_engine(url).begin() as conn:
+        return conn.execute(select(func.count()).where(events.c.step_id == step_id)).scalar_one()
+
+
+PAIRS = [(a, b) for a, b in itertools.product(StepStatus, StepStatus) if a != b]
+
+
+@pytest.mark.parametrize(("frm", "to"), PAIRS, ids=[f"{a}->{b}" for a, b in PAIRS])
+def test_a_step_moves_only_along_allowed_transitions_and_once(db_url, frm, to):
+    # given a step in status `frm`
+    run_id, step_id = make_run(db_url, frm)
+    before = event_count(db_url, step_id)
+    op = operation(to, frm)
+
+    # when the transition to `to` is attempted
+    with get_engine(db_url).begin() as conn:
+        op(conn, run_id, step_id)
+
+    # then it happened, with events, exactly when the table allows it
+    allowed = (frm, to) in STEP_TRANSITIONS
+    assert (step_status(db_url, step_id) == to) is allowed
+    after = event_count(db_url, step_id)
+    assert (after > before) is allowed
+    # and trying it again changes nothing and writes no event
+    with get_engine(db_url).begin() as conn:
+        op(conn, run_id, step_id)
+    assert event_count(db_url, step_id) == after
+
+
+def test_a_claim_starts_the_run_once_and_records_both_starts(db_url):
+    run_id, step_id = make_run(db_url, S.QUEUED)
+    with get_engine(db_url).begin() as conn:
+        claimed = status.claim_step(conn, run_id, step_id, "t-1")
+    assert claimed is not None and claimed.attempt == 1
+    with get_engine(db_url).begin() as conn:
+        types = conn.execute(select(events.c.type).where(events.c.run_id == run_id)
+                             .order_by(events.c.id)).scalars().all()
+        run_status = conn.execute(select(runs.c.status).where(runs.c.id == run_id)).scalar_one()
+    assert types == ["run.created", "run.started", "step.started"]
+    assert run_status == RunStatus.RUNNING
+
+
+def test_a_run_finishes_only_when_every_step_succeeded_and_only_once(db_url):
+    run_id, step_id = make_run(db_url, S.RUNNING)
+    with get_engine(db_url).begin() as conn:
+        assert status.finish_run(conn, run_id) is False  # its step is still running
+        assert status.succeed_step(conn, run_id, step_id, 1, {})
+    with get_engine(db_url).begin() as conn:
+        assert status.finish_run(conn, run_id) is True
+        assert status.finish_run(conn, run_id) is False
+    assert (RunStatus.RUNNING, RunStatus.SUCCEEDED) in RUN_TRANSITIONS
+
+
+def test_a_failed_step_cancels_the_rest_and_fails_the_run(db_url):
+    run_id, first, second = status.new_id(), status.new_id(), status.new_id()
+    with get_engine(db_url).begin() as conn:
+        status.create_run(conn, run_id=run_id, goal="g", plan={}, step_rows=[
+            {"id": first, "index": 0, "name": "a", "tool": "echo", "inputs": {},
+             "max_attempts": 1, "timeout_s": 5.0},
+            {"id": second, "index": 1, "name": "b", "tool": "echo", "inputs": {},
+             "max_attempts": 1, "timeout_s": 5.0}])
+        assert status.claim_step(conn, run_id, second, "t") is None  # not before the first
+        assert status.claim_step(conn, run_id, first, "t") is not None
+        assert status.fail_step(conn, run_id, first, 1, {"type": "E", "message": "boom"})
+    assert step_status(db_url, second) == S.CANCELLED
+    with get_engine(db_url).begin() as conn:
+        assert conn.execute(select(runs.c.status).where(runs.c.id == run_id)).scalar_one() == "failed"
+        finished = conn.execute(select(events.c.payload).where(
+            events.c.run_id == run_id, events.c.type == "step.finished")
+            .order_by(events.c.id)).scalars().all()
+    assert [p["status"] for p in finished] == ["failed", "cancelled"]
+    assert finished[0]["error"] == {"type": "E", "message": "boom"}
+
+
+def test_a_stale_attempt_cannot_finish_a_newer_one(db_url):
+    run_id, step_id = make_run(db_url, S.RUNNING)
+    with get_engine(db_url).begin() as conn:
+        assert status.requeue_step(conn, run_id, step_id, 1, ("step.reaped", {}))
+        assert status.claim_step(conn, run_id, step_id, "t-2").attempt == 2
+        # attempt 1 wakes up late: neither its success nor its failure counts
+        assert not status.succeed_step(conn, run_id, step_id, 1, {})
+        assert not status.fail_step(conn, run_id, step_id, 1, {"type": "E", "message": "m"})
+        assert not status.beat(conn, step_id, 1)
+        assert status.beat(conn, step_id, 2)

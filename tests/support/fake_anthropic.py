@@ -1,0 +1,152 @@
+"""A small HTTP server on loopback that speaks the Anthropic Messages API.
+
+The real ``anthropic`` SDK talks to it through ``ANTHROPIC_BASE_URL``. Tests script its
+answers per prompt: a reply list is matched when the prompt contains its token, so tests
+running one after another (and workers in other processes) never take each other's replies.
+Unscripted prompts get a 200 answer that quotes the prompt.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class Reply:
+    """One scripted answer."""
+
+    status: int = 200
+    text: str = "Hello from the fake Claude."
+    input_tokens: int = 11
+    output_tokens: int = 22
+    raw: bytes | None = None  # sent as-is (malformed answers)
+    delay_s: float = 0.0
+
+    @classmethod
+    def ok(cls, text: str, input_tokens: int = 11, output_tokens: int = 22) -> "Reply":
+        return cls(200, text, input_tokens, output_tokens)
+
+    @classmethod
+    def error(cls, status: int) -> "Reply":
+        return cls(status=status)
+
+    @classmethod
+    def malformed(cls) -> "Reply":
+        return cls(raw=b'{"id": "msg_broken", "type": "message", "content": [')
+
+
+ERROR_TYPES = {
+    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+    404: "not_found_error", 429: "rate_limit_error", 500: "api_error", 529: "overloaded_error",
+}
+
+
+@dataclass
+class FakeAnthropic:
+    """The server, its script and a record of every request it got."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    _script: dict[str, list[Reply]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def start(self) -> "FakeAnthropic":
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                fake._handle(self, body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def script(self, token: str, replies: list[Reply]) -> None:
+        """Answer prompts containing ``token`` with ``replies``, in order (then the default)."""
+        with self._lock:
+            self._script[token] = list(replies)
+
+    def calls(self, token: str) -> list[dict[str, Any]]:
+        """Requests whose prompt contained ``token``."""
+        with self._lock:
+            return [r for r in self.requests if token in _prompt(r["body"])]
+
+    def _next_reply(self, prompt: str) -> Reply:
+        with self._lock:
+            for token, replies in self._script.items():
+                if token in prompt and replies:
+                    return replies.pop(0)
+        return Reply.ok(f"# README\n\nAnswer to: {prompt}\n")
+
+    def _handle(self, handler: BaseHTTPRequestHandler, raw_body: bytes) -> None:
+        try:
+            body = json.loads(raw_body or b"{}")
+        except ValueError:
+            body = {}
+        prompt = _prompt(body)
+        with self._lock:
+            self.requests.append({"path": handler.path,
+                                  "headers": {k.lower(): v for k, v in handler.headers.items()},
+                                  "body": body})
+        if handler.path.split("?")[0] != "/v1/messages":
+            return _send(handler, 404, _error_body(404, f"no route {handler.path}"))
+        reply = self._next_reply(prompt)
+        if reply.delay_s:
+            threading.Event().wait(reply.delay_s)
+        if reply.raw is not None:
+            return _send(handler, reply.status, reply.raw)
+        if reply.status != 200:
+            return _send(handler, reply.status, _error_body(reply.status, "scripted failure"))
+        message = {
+            "id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant",
+            "model": body.get("model", "claude-sonnet-4-5"),
+            "content": [{"type": "text", "text": reply.text}],
+            "stop_reason": "end_turn", "stop_sequence": None,
+            "usage": {"input_tokens": reply.input_tokens, "output_tokens": reply.output_tokens},
+        }
+        _send(handler, 200, json.dumps(message).encode())
+
+
+def _prompt(body: dict[str, Any]) -> str:
+    parts = []
+    for message in body.get("messages") or []:
+        content = message.get("content")
+        if isinstance(content, str):
+            parts.append(content)
+        elif isinstance(content, list):
+            parts.extend(str(block.get("text", "")) for block in content if isinstance(block, dict))
+    return "\n".join(parts)
+
+
+def _error_body(status: int, message: str) -> bytes:
+    kind = ERROR_TYPES.get(status, "api_error")
+    return json.dumps({"type": "error", "error": {"type": kind, "message": message}}).encode()
+
+
+def _send(handler: BaseHTTPRequestHandler, status: int, payload: bytes) -> None:
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(payload)))
+    handler.send_header("request-id", f"req_{uuid.uuid4().hex[:12]}")
+    handler.end_headers()
+    handler.wfile.write(payload)
