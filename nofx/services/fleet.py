@@ -23,6 +23,10 @@ from nofx.services import reaper
 class FleetCollector(Collector):
     """prometheus-client collector: one database read per scrape."""
 
+    def describe(self) -> list[Any]:
+        # Registering must not query the database (the API may start before it is up).
+        return []
+
     def collect(self) -> Iterator[Any]:
         settings = get_settings()
         at = status.now()
