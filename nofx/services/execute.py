@@ -41,6 +41,15 @@ def step_status(step_id: str) -> StepStatus | None:
     return StepStatus(value) if value else None
 
 
+def still_holds(step: status.ClaimedStep) -> bool:
+    """Whether this attempt still holds its step (not cancelled, reaped or finished)."""
+    with transaction() as conn:
+        row = conn.execute(
+            select(steps.c.status, steps.c.attempt).where(steps.c.id == step.id)
+        ).first()
+    return row is not None and (row.status, row.attempt) == (StepStatus.RUNNING, step.attempt)
+
+
 def run_claimed(step: status.ClaimedStep) -> dict[str, Any]:
     """Run the claimed step's tool and record its success; returns its outputs."""
     settings = get_settings()

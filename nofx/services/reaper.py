@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any, Iterator
 
-from sqlalchemy import Connection, and_, func, or_, select, text
+from sqlalchemy import Connection, Select, and_, func, or_, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -42,10 +42,7 @@ def stuck_steps(settings: Settings | None = None, at: datetime | None = None) ->
     at = at or status.now()
     silent_since = at - timedelta(seconds=settings.stuck_after_s)
     with transaction() as conn:
-        rows = conn.execute(
-            select(steps).where(steps.c.status == StepStatus.RUNNING)
-            .order_by(steps.c.heartbeat_at)
-        ).mappings().all()
+        rows = conn.execute(running_steps_query()).mappings().all()
     found = []
     for row in rows:
         reason = _stuck_reason(row, settings, at, silent_since)
@@ -53,6 +50,37 @@ def stuck_steps(settings: Settings | None = None, at: datetime | None = None) ->
             last = row["heartbeat_at"] or row["started_at"] or at
             found.append(dict(row, age_s=round((at - last).total_seconds(), 3), reason=reason))
     return found
+
+
+def running_steps_query() -> Select:
+    """Every running step (read through the partial index of running steps)."""
+    return select(steps).where(steps.c.status == StepStatus.RUNNING).order_by(steps.c.heartbeat_at)
+
+
+def stalled_query(undispatched_before: datetime, overdue_before: datetime) -> Select:
+    """Due steps of active runs whose chain never brought them (partial index of due steps)."""
+    return (
+        select(steps.c.id, steps.c.run_id, runs.c.dispatched_at)
+        .join(runs, runs.c.id == steps.c.run_id)
+        .where(
+            steps.c.status == StepStatus.QUEUED,
+            steps.c.due_at.is_not(None),
+            runs.c.status.in_(RUN_ACTIVE),
+            or_(
+                and_(runs.c.dispatched_at.is_(None), steps.c.due_at < undispatched_before),
+                steps.c.due_at < overdue_before,
+            ),
+        )
+        .limit(500)
+    )
+
+
+def completed_query() -> Select:
+    """Running runs whose steps have all succeeded (their last link was lost)."""
+    unfinished = select(steps.c.id).where(
+        steps.c.run_id == runs.c.id, steps.c.status != StepStatus.SUCCEEDED
+    ).exists()
+    return select(runs.c.id).where(runs.c.status == RunStatus.RUNNING, ~unfinished).limit(500)
 
 
 def _stuck_reason(row: Any, settings: Settings, at: datetime, silent_since: datetime) -> str | None:
@@ -123,20 +151,7 @@ def _redispatch_stalled(settings: Settings) -> int:
     undispatched_before = at - timedelta(seconds=min(settings.reap_every_s, 5))
     overdue_before = at - timedelta(seconds=max(settings.stuck_after_s * 4, 120))
     with transaction() as conn:
-        rows = conn.execute(
-            select(steps.c.id, steps.c.run_id, runs.c.dispatched_at)
-            .join(runs, runs.c.id == steps.c.run_id)
-            .where(
-                steps.c.status == StepStatus.QUEUED,
-                steps.c.due_at.is_not(None),
-                runs.c.status.in_(RUN_ACTIVE),
-                or_(
-                    and_(runs.c.dispatched_at.is_(None), steps.c.due_at < undispatched_before),
-                    steps.c.due_at < overdue_before,
-                ),
-            )
-            .limit(500)
-        ).all()
+        rows = conn.execute(stalled_query(undispatched_before, overdue_before)).all()
     count = 0
     for row in rows:
         reason = "never_dispatched" if row.dispatched_at is None else NEVER_STARTED
@@ -153,13 +168,8 @@ def _redispatch_stalled(settings: Settings) -> int:
 
 def _finish_completed_runs() -> int:
     """Runs still ``running`` with every step succeeded lost their last link: end them."""
-    active = select(steps.c.id).where(
-        steps.c.run_id == runs.c.id, steps.c.status != StepStatus.SUCCEEDED
-    ).exists()
     with transaction() as conn:
-        run_ids = conn.execute(
-            select(runs.c.id).where(runs.c.status == RunStatus.RUNNING, ~active).limit(500)
-        ).scalars().all()
+        run_ids = conn.execute(completed_query()).scalars().all()
     finished = 0
     for run_id in run_ids:
         with transaction() as conn:

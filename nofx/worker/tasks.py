@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from celery import Task
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, SoftTimeLimitExceeded
 
 from nofx import observe
 from nofx.config import get_settings
@@ -69,6 +69,13 @@ def run_step(self: StepTask, run_id: str, step_id: str, **display: Any) -> None:
     log.info("step started", extra=_ids(run_id, step_id, tool=step.tool, attempt=step.attempt))
     try:
         execute.run_claimed(step)
+    except SoftTimeLimitExceeded:
+        if not execute.still_holds(step):
+            # Interrupted on purpose: the run was cancelled or the step reaped meanwhile.
+            log.info("step interrupted: this attempt no longer holds it",
+                     extra=_ids(run_id, step_id, attempt=step.attempt))
+            raise Ignore() from None
+        raise
     except ToolError as exc:
         if exc.retryable and step.attempt < step.max_attempts:
             delay = self.backoff(step.attempt)

@@ -149,4 +149,7 @@ def _send(handler: BaseHTTPRequestHandler, status: int, payload: bytes) -> None:
     handler.send_header("Content-Length", str(len(payload)))
     handler.send_header("request-id", f"req_{uuid.uuid4().hex[:12]}")
     handler.end_headers()
-    handler.wfile.write(payload)
+    try:
+        handler.wfile.write(payload)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the client went away (a killed worker): nothing to answer
