@@ -51,7 +51,7 @@ class Client:
 
     def runs(self, status: str | None = None, limit: int = 20) -> dict:
         """``GET /runs``."""
-        params = {"limit": limit, **({"status": status} if status else {})}
+        params: dict[str, str | int] = {"limit": limit, **({"status": status} if status else {})}
         return self._json(self.http.get("/runs", params=params))
 
     def events(self, run_id: str, after: int = 0) -> list[dict]:

@@ -23,6 +23,8 @@ from nofx.db.models import artifacts, events, runs, steps
 from nofx.domain import RUN_ACTIVE, RUN_RESUMABLE, STEP_ACTIVE, RunStatus, StepStatus
 
 Q, R, OK = StepStatus.QUEUED, StepStatus.RUNNING, StepStatus.SUCCEEDED
+#: A step's ``index`` column, labelled so rows do not confuse it with ``tuple.index``.
+POSITION = steps.c.index.label("position")
 
 
 def now() -> datetime:
@@ -195,17 +197,17 @@ def resume_run(conn: Connection, run_id: str) -> int | None:
             status=Q, attempt=0, error=None, outputs=None, started_at=None, ended_at=None,
             heartbeat_at=None, task_id=None, updated_at=at,
         )
-        .returning(steps.c.id, steps.c.index)
+        .returning(steps.c.id, POSITION)
     ).all()
     conn.execute(
         update(runs)
         .where(runs.c.id == run_id)
         .values(status=RunStatus.QUEUED, ended_at=None, dispatched_at=None, updated_at=at)
     )
-    first = min((row.index for row in rows), default=None)
+    first = min((row.position for row in rows), default=None)
     _set_due(conn, run_id, first, at)
     record(conn, run_id, None, "run.resumed", {"from_index": first, "steps": len(rows)})
-    for row in sorted(rows, key=lambda r: r.index):
+    for row in sorted(rows, key=lambda r: r.position):
         record(conn, run_id, row.id, "step.queued", {"reason": "run resumed"})
     return first
 
@@ -242,7 +244,7 @@ def claim_step(conn: Connection, run_id: str, step_id: str, task_id: str) -> Cla
             ended_at=None, error=None, task_id=task_id, due_at=None, updated_at=at,
         )
         .returning(
-            steps.c.index, steps.c.name, steps.c.tool, steps.c.inputs, steps.c.attempt,
+            POSITION, steps.c.name, steps.c.tool, steps.c.inputs, steps.c.attempt,
             steps.c.max_attempts, steps.c.timeout_s,
         )
     ).first()
@@ -258,7 +260,7 @@ def claim_step(conn: Connection, run_id: str, step_id: str, task_id: str) -> Cla
         record(conn, run_id, None, "run.started", {})
     record(conn, run_id, step_id, "step.started", {"attempt": row.attempt, "task_id": task_id})
     return ClaimedStep(
-        id=step_id, run_id=run_id, index=row.index, name=row.name, tool=row.tool,
+        id=step_id, run_id=run_id, index=row.position, name=row.name, tool=row.tool,
         inputs=row.inputs, attempt=row.attempt, max_attempts=row.max_attempts,
         timeout_s=row.timeout_s, started_at=at,
     )
@@ -289,11 +291,11 @@ def succeed_step(
         update(steps)
         .where(steps.c.id == step_id, steps.c.status == R, steps.c.attempt == attempt)
         .values(status=OK, outputs=outputs, ended_at=at, updated_at=at)
-        .returning(steps.c.started_at, steps.c.index)
+        .returning(steps.c.started_at, POSITION)
     ).first()
     if row is None:
         return False
-    _set_due(conn, run_id, row.index + 1, at)
+    _set_due(conn, run_id, row.position + 1, at)
     for artifact in new_artifacts:
         _insert_artifact(conn, run_id, step_id, artifact)
     record(conn, run_id, step_id, "step.finished", {
@@ -419,18 +421,17 @@ def _end_steps(
         update(steps)
         .where(steps.c.run_id == run_id, steps.c.status.in_(from_statuses))
         .values(status=status, error=error, ended_at=at, due_at=None, updated_at=at)
-        .returning(steps.c.id, steps.c.index, steps.c.started_at, steps.c.task_id,
-                   steps.c.attempt)
+        .returning(steps.c.id, POSITION, steps.c.started_at, steps.c.task_id, steps.c.attempt)
     ).all()
-    ended = []
-    for row in sorted(rows, key=lambda r: r.index):
+    ended: list[tuple[str, str | None]] = []
+    for row in sorted(rows, key=lambda r: r.position):
         # The status a step had before is not in RETURNING; a start time means it ran.
         was = R if row.started_at is not None else Q
         record(conn, run_id, row.id, "step.finished", {
             "status": str(status), "error": error, "attempt": row.attempt,
             "duration_s": _seconds(row.started_at, at) if was == R else 0.0,
         })
-        ended.append((was, row.task_id))
+        ended.append((str(was), row.task_id))
     return ended
 
 

@@ -30,13 +30,12 @@ class AnthropicLLM:
         self, prompt: str, *, model: str, max_tokens: int, system: str | None = None
     ) -> Completion:
         """One Messages API call; errors come back as retryable or permanent tool errors."""
-        kwargs = {"system": system} if system else {}
         try:
             message = self.client.messages.create(
                 model=model,
                 max_tokens=max_tokens,
                 messages=[{"role": "user", "content": prompt}],
-                **kwargs,
+                system=system if system else anthropic.omit,
             )
         except anthropic.APIStatusError as exc:
             raise _status_error(exc) from exc

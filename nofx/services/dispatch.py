@@ -13,6 +13,7 @@ from celery import chain
 from sqlalchemy import select
 
 from nofx import status
+from nofx.status import POSITION
 from nofx.db.engine import transaction
 from nofx.db.models import steps
 from nofx.domain import StepStatus
@@ -30,14 +31,14 @@ def dispatch_run(run_id: str) -> bool:
 
     with transaction() as conn:
         rows = conn.execute(
-            select(steps.c.id, steps.c.index, steps.c.name, steps.c.tool, steps.c.status,
+            select(steps.c.id, POSITION, steps.c.name, steps.c.tool, steps.c.status,
                    steps.c.timeout_s)
             .where(steps.c.run_id == run_id)
             .order_by(steps.c.index)
         ).all()
     first = next((i for i, r in enumerate(rows) if r.status != StepStatus.SUCCEEDED), len(rows))
     signatures = [
-        run_step.si(run_id, r.id, tool=r.tool, step=r.name, index=r.index).set(
+        run_step.si(run_id, r.id, tool=r.tool, step=r.name, index=r.position).set(
             **time_limits(r.timeout_s)
         )
         for r in rows[first:]

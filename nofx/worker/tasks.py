@@ -82,7 +82,7 @@ def run_step(self: StepTask, run_id: str, step_id: str, **display: Any) -> None:
             if execute.retry_later(step, exc, delay):
                 log.warning("step will retry in %.1fs: %s", delay, exc.message,
                             extra=_ids(run_id, step_id, attempt=step.attempt))
-                raise self.retry(countdown=delay, exc=exc, max_retries=None)
+                raise self.retry(countdown=delay, exc=exc, max_retries=None) from exc
         raise
     observe.step_finished(step.tool, "succeeded", _elapsed(self.request))
     log.info("step succeeded", extra=_ids(run_id, step_id, tool=step.tool, attempt=step.attempt))
