@@ -88,13 +88,27 @@ def _refuse_open_bind() -> None:
 def worker(ctx: click.Context) -> None:
     """Start a Celery worker (prefork) with worker metrics on NOFX_WORKER_METRICS_PORT.
 
-    Extra arguments go to `celery worker`, e.g. `nofx worker -c 4 -B`.
+    The same as `celery -A nofx.worker worker --pool prefork -l INFO`: the worker itself
+    sets up its metrics directory (under PROMETHEUS_MULTIPROC_DIR, or a temp dir) and
+    endpoint. Extra arguments go to `celery worker`, e.g. `nofx worker -c 4 -B`.
     """
-    from nofx.observe import prepare_multiprocess_dir
-
-    prepare_multiprocess_dir()
     os.execvp(sys.executable, [sys.executable, "-m", "celery", "-A", "nofx.worker", "worker",
                                "--pool", "prefork", "-l", "INFO", *ctx.args])
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.pass_context
+def bench(ctx: click.Context) -> None:
+    """Run a benchmark from a checkout: nofx bench chain|throughput|api|scale|memory|all [--tiny].
+
+    Same as `python -m bench ...`; results go to bench/results/ (see docs/benchmarks.md).
+    """
+    try:
+        from bench.__main__ import main as bench_main
+    except ImportError as exc:
+        raise click.ClickException("benchmarks run from a checkout of NOFX (bench/ is not "
+                                   "installed with the package)") from exc
+    sys.exit(bench_main(ctx.args))
 
 
 @main.command()

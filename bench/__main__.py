@@ -1,0 +1,91 @@
+"""``python -m bench SCENARIO [--tiny]``: run benchmarks, print a table, write JSON results.
+
+Scenarios: chain, throughput, api, scale, memory, all. ``--tiny`` runs each in seconds
+(CI runs it so the harness never rots; its figures mean nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from bench import scenarios
+from bench.harness import Bench, machine
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+FULL: dict[str, Callable[[Bench], dict]] = {
+    "chain": lambda b: scenarios.chain_latency(b, repeat=5),
+    "throughput": lambda b: {
+        "1000x1": scenarios.throughput(b, runs=1000, steps_per_run=1, repeat=3),
+        "100x10": scenarios.throughput(b, runs=100, steps_per_run=10, repeat=3),
+    },
+    "api": lambda b: scenarios.api_latency(b, requests=400),
+    "scale": lambda b: scenarios.scale(b),
+    "memory": lambda b: scenarios.memory(b),
+}
+TINY: dict[str, Callable[[Bench], dict]] = {
+    "chain": lambda b: scenarios.chain_latency(b, repeat=1, steps=3),
+    "throughput": lambda b: {
+        "10x1": scenarios.throughput(b, runs=10, steps_per_run=1, repeat=1),
+        "2x5": scenarios.throughput(b, runs=2, steps_per_run=5, repeat=1),
+    },
+    "api": lambda b: scenarios.api_latency(b, levels=(1, 4), requests=8),
+    "scale": lambda b: scenarios.scale(b, sizes=(100, 300), samples=2),
+    "memory": lambda b: scenarios.memory(b, checkpoints=(5, 10)),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("scenario", choices=[*FULL, "all"])
+    parser.add_argument("--tiny", action="store_true", help="seconds-long smoke versions")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where JSON results go")
+    args = parser.parse_args(argv)
+    table = TINY if args.tiny else FULL
+    names = list(table) if args.scenario == "all" else [args.scenario]
+    for name in names:
+        result = run_one(name, table[name], tiny=args.tiny)
+        path = write(args.out, name, result, tiny=args.tiny)
+        print_table(name, result["figures"])
+        print(f"  -> {path}\n")
+    return 0
+
+
+def run_one(name: str, scenario: Callable[[Bench], dict], tiny: bool) -> dict[str, Any]:
+    bench = Bench()
+    started = time.time()
+    try:
+        figures = scenario(bench)
+    finally:
+        bench.close()
+    return {"scenario": name, "tiny": tiny, "machine": machine(),
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+            "duration_s": round(time.time() - started, 1), "figures": figures}
+
+
+def write(out: Path, name: str, result: dict[str, Any], tiny: bool) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}{'-tiny' if tiny else ''}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path
+
+
+def print_table(name: str, figures: dict[str, Any], prefix: str = "") -> None:
+    if not prefix:
+        print(f"== {name}")
+    for key, value in figures.items():
+        if isinstance(value, dict):
+            print(f"  {prefix}{key}:")
+            print_table(name, value, prefix + "  ")
+        elif not isinstance(value, list):
+            print(f"  {prefix}{key:<32} {value}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""The benchmark bench: a private database, queue, API, NOFX worker and bare-Celery worker.
+
+Everything runs on this machine on loopback: Postgres and Redis as configured for the tests
+(``NOFX_BENCH_PG``, ``NOFX_BENCH_REDIS_URL``), an API under gunicorn, a prefork worker with
+concurrency 2 for NOFX and one with the same settings for bare Celery.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+from sqlalchemy import create_engine, text
+
+from tests.support.procs import Proc, start_api, start_worker, wait_until
+
+PG_SERVER = os.environ.get("NOFX_BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432")
+REDIS_URL = os.environ.get("NOFX_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Bench:
+    """Starts what a scenario needs; ``close()`` stops it all and drops the database."""
+
+    def __init__(self, concurrency: int = 2) -> None:
+        self.id = uuid.uuid4().hex[:8]
+        self.concurrency = concurrency
+        self.dir = Path(tempfile.mkdtemp(prefix=f"nofx-bench-{self.id}-"))
+        self.database = f"nofx_bench_{self.id}"
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("NOFX_", "PROMETHEUS_"))},
+            "NOFX_DATA_DIR": str(self.dir),
+            "NOFX_DATABASE_URL": f"{PG_SERVER}/{self.database}",
+            "NOFX_BROKER_URL": REDIS_URL,
+            "NOFX_QUEUE": f"nofx-bench-{self.id}",
+            "NOFX_STORAGE_URL": (self.dir / "artifacts").as_uri(),
+            "NOFX_LLM_PROVIDER": "offline",
+            "NOFX_WORKER_METRICS_PORT": "0",
+            "NOFX_LOG_LEVEL": "INFO",  # as in production; bare Celery logs at INFO too
+            "BARE_QUEUE": f"bare-{self.id}",
+            "BARE_REDIS_URL": REDIS_URL,
+            "PYTHONPATH": str(ROOT),
+        }
+        self.procs: dict[str, Proc] = {}
+        self.url = ""
+        self._admin = create_engine(f"{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT")
+        with self._admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{self.database}"'))
+        from nofx.db.migrate import upgrade
+
+        upgrade(self.env["NOFX_DATABASE_URL"])
+
+    # -- processes ---------------------------------------------------------------------
+
+    def api(self, workers: int = 2) -> str:
+        if "api" not in self.procs:
+            self.procs["api"], self.url = start_api(f"api-{self.id}", self.env, self.dir, workers)
+        return self.url
+
+    def nofx_worker(self) -> Proc:
+        if "nofx-worker" not in self.procs:
+            self.procs["nofx-worker"] = start_worker(f"nofx-{self.id}", self.env, self.dir,
+                                                     concurrency=self.concurrency)
+        return self.procs["nofx-worker"]
+
+    def bare_worker(self) -> Proc:
+        if "bare-worker" not in self.procs:
+            argv = [sys.executable, "-m", "celery", "-A", "bench.bare", "worker", "--pool",
+                    "prefork", "-c", str(self.concurrency), "-l", "INFO", "-Q",
+                    self.env["BARE_QUEUE"], "-n", f"bare-{self.id}@%h", "--without-mingle",
+                    "--without-gossip"]
+            proc = Proc(f"bare-{self.id}", argv, self.env, self.dir)
+            from bench.bare import app
+
+            def _ready() -> bool:
+                return bool(app.control.ping(destination=[f"bare-{self.id}@{platform.node()}"],
+                                             timeout=0.5))
+
+            wait_until(_ready, timeout=60, what="the bare worker")
+            self.procs["bare-worker"] = proc
+        return self.procs["bare-worker"]
+
+    def http(self) -> httpx.Client:
+        return httpx.Client(base_url=self.api(), timeout=60)
+
+    def rss_mb(self, name: str) -> float:
+        """Resident memory of a process and its children (the pool), in MiB."""
+        root = psutil.Process(self.procs[name].pid)
+        procs = [root, *root.children(recursive=True)]
+        return round(sum(p.memory_info().rss for p in procs if p.is_running()) / 2**20, 1)
+
+    def sql(self, statement: str, **params: Any) -> Any:
+        engine = create_engine(self.env["NOFX_DATABASE_URL"])
+        try:
+            with engine.begin() as conn:
+                result = conn.execute(text(statement), params)
+                return result.all() if result.returns_rows else None
+        finally:
+            engine.dispose()
+
+    def close(self) -> None:
+        for proc in self.procs.values():
+            proc.stop()
+        from nofx.db.engine import dispose_engines
+
+        dispose_engines()
+        with self._admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)'))
+        self._admin.dispose()
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def median(values: list[float]) -> float:
+    return round(statistics.median(values), 4)
+
+
+def percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(pct / 100 * len(ordered)) - 1))
+    return round(ordered[index], 4)

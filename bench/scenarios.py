@@ -1,0 +1,290 @@
+"""The benchmark scenarios. Each returns a dict of figures; medians over repeats."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
+
+import redis as redis_lib
+from celery import chain
+
+from bench.harness import REDIS_URL, Bench, median, percentile
+from tests.support.procs import wait_until
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+def _plan(steps: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"plan": {"goal": "bench", "steps": steps}}
+
+
+def _sleep_steps(n: int, seconds: float) -> list[dict[str, Any]]:
+    return [{"name": f"s{i}", "tool": "sleep", "inputs": {"seconds": seconds}} for i in range(n)]
+
+
+def _echo_steps(n: int) -> list[dict[str, Any]]:
+    return [{"name": f"e{i}", "tool": "echo", "inputs": {"i": i}} for i in range(n)]
+
+
+def _ended_at(bench: Bench, run_id: str) -> float | None:
+    rows = bench.sql("SELECT extract(epoch FROM ended_at) FROM runs WHERE id = :id AND "
+                     "status IN ('succeeded','failed','cancelled')", id=run_id)
+    return float(rows[0][0]) if rows else None
+
+
+# -- 1. chain latency ----------------------------------------------------------------------
+
+
+def chain_latency(bench: Bench, repeat: int = 5, steps: int = 40, ms: float = 10) -> dict:
+    """One run of ``steps`` sequential sleeps beside a bare Celery chain of the same."""
+    from bench.bare import mark, sleep
+
+    http = bench.http()
+    bench.nofx_worker()
+    bench.bare_worker()
+    store = redis_lib.Redis.from_url(REDIS_URL)
+
+    def nofx_once() -> float:
+        started = time.time()
+        run_id = http.post("/runs", json=_plan(_sleep_steps(steps, ms / 1000))).json()["id"]
+        ended = wait_until(lambda: _ended_at(bench, run_id), timeout=300, interval=0.02,
+                           what="the NOFX chain")
+        return float(ended) - started  # type: ignore[arg-type]
+
+    def bare_once() -> float:
+        key = f"bench:{uuid.uuid4().hex}"
+        started = time.time()
+        queue = bench.env["BARE_QUEUE"]
+        links = [sleep.si(ms / 1000).set(queue=queue) for _ in range(steps)]
+        chain(*links, mark.si(key).set(queue=queue)).apply_async()
+        ended = wait_until(lambda: store.get(key), timeout=300, interval=0.01, what="bare chain")
+        store.delete(key)
+        return float(ended) - started  # type: ignore[arg-type]
+
+    nofx_once(), bare_once()  # warm up both
+    nofx, bare = [], []
+    for _ in range(repeat):  # interleaved, so both see the same machine
+        nofx.append(nofx_once())
+        bare.append(bare_once())
+    return {
+        "steps": steps, "step_ms": ms, "repeat": repeat,
+        "nofx_s": median(nofx), "bare_s": median(bare),
+        "ratio": round(median(nofx) / median(bare), 3),
+        "nofx_all_s": [round(v, 4) for v in nofx], "bare_all_s": [round(v, 4) for v in bare],
+        "nofx_overhead_per_step_ms": round((median(nofx) - median(bare)) / steps * 1000, 2),
+    }
+
+
+# -- 2. throughput -------------------------------------------------------------------------
+
+
+def throughput(bench: Bench, runs: int = 1000, steps_per_run: int = 1, repeat: int = 3,
+               clients: int = 8) -> dict:
+    """``runs`` runs of ``steps_per_run`` echo steps beside as many bare no-op tasks."""
+    from bench.bare import noop
+
+    http = bench.http()
+    bench.nofx_worker()
+    bench.bare_worker()
+    store = redis_lib.Redis.from_url(REDIS_URL)
+    total = runs * steps_per_run
+
+    def nofx_once() -> tuple[float, float]:
+        body = _plan(_echo_steps(steps_per_run))
+        started = time.time()
+        with ThreadPoolExecutor(clients) as pool:
+            ids = list(pool.map(lambda _: http.post("/runs", json=body).json()["id"], range(runs)))
+        submitted = time.time() - started
+
+        def done() -> float | None:
+            row = bench.sql("SELECT count(*) FILTER (WHERE status IN ('succeeded','failed',"
+                            "'cancelled')), extract(epoch FROM max(ended_at)) FROM runs "
+                            "WHERE id = ANY(:ids)", ids=ids)[0]
+            return float(row[1]) if row[0] == len(ids) else None
+
+        ended = wait_until(done, timeout=1800, interval=0.2, what="all NOFX runs")
+        return total / (float(ended) - started), submitted  # type: ignore[arg-type]
+
+    def bare_once() -> float:
+        key = f"bench:{uuid.uuid4().hex}"
+        started = time.time()
+        for _ in range(total):
+            noop.apply_async((key,), queue=bench.env["BARE_QUEUE"])
+        wait_until(lambda: int(store.get(key) or 0) >= total, timeout=1800, interval=0.01,
+                   what="all bare tasks")
+        elapsed = time.time() - started
+        store.delete(key)
+        return total / elapsed
+
+    nofx, bare, submit = [], [], []
+    for _ in range(repeat):
+        rate, submitted = nofx_once()
+        nofx.append(rate)
+        submit.append(submitted)
+        bare.append(bare_once())
+    return {
+        "runs": runs, "steps_per_run": steps_per_run, "steps": total, "repeat": repeat,
+        "submit_clients": clients,
+        "nofx_steps_per_s": round(median(nofx), 1), "bare_tasks_per_s": round(median(bare), 1),
+        "ratio": round(median(nofx) / median(bare), 3),
+        "nofx_submit_s": median(submit),
+    }
+
+
+# -- 3. API latency ------------------------------------------------------------------------
+
+
+def api_latency(bench: Bench, levels: tuple[int, ...] = (1, 8, 32), requests: int = 400) -> dict:
+    """``POST /runs`` and ``GET /runs/{id}`` latency at several concurrent clients."""
+    bench.api(workers=2)
+    bench.nofx_worker()
+    body = _plan(_echo_steps(1))
+    results: dict[str, Any] = {"requests_per_level": requests, "gunicorn_workers": 2}
+    for level in levels:
+        post, get = _timed_requests(bench, level, requests, body)
+        results[f"clients_{level}"] = {
+            "post_p50_ms": percentile(post, 50), "post_p99_ms": percentile(post, 99),
+            "get_p50_ms": percentile(get, 50), "get_p99_ms": percentile(get, 99),
+        }
+    return results
+
+
+def _timed_requests(bench: Bench, clients: int, requests: int, body: dict) -> tuple[list, list]:
+    import httpx
+
+    post: list[float] = []
+    get: list[float] = []
+
+    def client_loop(n: int) -> None:
+        with httpx.Client(base_url=bench.url, timeout=60) as http:
+            for _ in range(n):
+                t0 = time.perf_counter()
+                response = http.post("/runs", json=body)
+                post.append((time.perf_counter() - t0) * 1000)
+                run_id = response.json()["id"]
+                t0 = time.perf_counter()
+                http.get(f"/runs/{run_id}")
+                get.append((time.perf_counter() - t0) * 1000)
+
+    per_client = max(1, requests // clients)
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(client_loop, [per_client] * clients))
+    return post, get
+
+
+# -- 4. scale ------------------------------------------------------------------------------
+
+
+def scale(bench: Bench, sizes: tuple[int, ...] = (10_000, 100_000, 1_000_000),
+          samples: int = 20) -> dict:
+    """Query times with many finished steps in Postgres, and the index each query uses."""
+    from nofx.services import reaper
+
+    http = bench.http()
+    results: dict[str, Any] = {"samples": samples}
+    have = 0
+    for size in sizes:
+        _grow(bench, size - have)
+        have = size
+        run_id = bench.sql("SELECT id FROM runs ORDER BY created_at DESC LIMIT 1")[0][0]
+        figures = {
+            "get_run_ms": _time_ms(lambda: http.get(f"/runs/{run_id}"), samples),
+            "list_runs_ms": _time_ms(lambda: http.get("/runs?limit=50"), samples),
+            "metrics_ms": _time_ms(lambda: http.get("/metrics"), samples),
+            "reaper_query_ms": _time_ms(lambda: _in_env(bench, reaper.stuck_steps), samples),
+        }
+        figures["explain"] = _explain(bench, run_id)
+        results[f"steps_{size}"] = figures
+    return results
+
+
+def _grow(bench: Bench, steps: int) -> None:
+    """Add finished runs of 10 steps each (and a few running steps), then ANALYZE."""
+    runs = max(1, steps // 10)
+    bench.sql(
+        """
+        WITH new AS (
+          INSERT INTO runs (id, status, goal, plan, created_at, started_at, ended_at,
+                            dispatched_at, updated_at)
+          SELECT gen_random_uuid()::text, 'succeeded', 'scale', '{}'::jsonb,
+                 now() - (g || ' seconds')::interval, now(), now(), now(), now()
+          FROM generate_series(1, :runs) g
+          RETURNING id)
+        INSERT INTO steps (id, run_id, index, name, tool, status, inputs, outputs, attempt,
+                           max_attempts, timeout_s, started_at, ended_at, updated_at)
+        SELECT gen_random_uuid()::text, new.id, i, 's' || i,
+               CASE WHEN i % 2 = 0 THEN 'echo' ELSE 'codegen' END, 'succeeded',
+               '{}'::jsonb, '{}'::jsonb, 1, 3, 30, now(), now(), now()
+        FROM new CROSS JOIN generate_series(0, 9) i
+        """, runs=runs)
+    bench.sql("ANALYZE")
+
+
+def _time_ms(fn: Callable[[], Any], samples: int) -> float:
+    fn()  # warm
+    times = []
+    for _ in range(samples):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000)
+    return median(times)
+
+
+def _in_env(bench: Bench, fn: Callable[[], Any]) -> Any:
+    """Call a NOFX function against the bench's database."""
+    import os
+
+    from nofx.config import reset_settings
+
+    saved = os.environ.get("NOFX_DATABASE_URL")
+    os.environ["NOFX_DATABASE_URL"] = bench.env["NOFX_DATABASE_URL"]
+    reset_settings()
+    try:
+        return fn()
+    finally:
+        if saved is None:
+            os.environ.pop("NOFX_DATABASE_URL", None)
+        else:
+            os.environ["NOFX_DATABASE_URL"] = saved
+        reset_settings()
+
+
+def _explain(bench: Bench, run_id: str) -> dict[str, str]:
+    """The top of each query's plan, to show it is served by an index."""
+    queries = {
+        "get_run_steps": f"SELECT * FROM steps WHERE run_id = '{run_id}' ORDER BY index",
+        "list_runs": "SELECT * FROM runs ORDER BY created_at DESC, id DESC LIMIT 51",
+        "reaper_running": "SELECT * FROM steps WHERE status = 'running' ORDER BY heartbeat_at",
+        "metrics_running": "SELECT tool, count(*), min(started_at) FROM steps "
+                           "WHERE status = 'running' GROUP BY tool",
+    }
+    plans = {}
+    for name, sql in queries.items():
+        rows = bench.sql(f"EXPLAIN {sql}")
+        plans[name] = " | ".join(r[0].strip() for r in rows[:3])
+    return plans
+
+
+# -- 5. memory -----------------------------------------------------------------------------
+
+
+def memory(bench: Bench, checkpoints: tuple[int, ...] = (1_000, 10_000), clients: int = 8) -> dict:
+    """API and worker resident memory after 1k and 10k runs."""
+    http = bench.http()
+    bench.nofx_worker()
+    body = _plan(_echo_steps(1))
+    results: dict[str, Any] = {}
+    done = 0
+    for checkpoint in checkpoints:
+        with ThreadPoolExecutor(clients) as pool:
+            ids = list(pool.map(lambda _: http.post("/runs", json=body).json()["id"],
+                                range(checkpoint - done)))
+        done = checkpoint
+        wait_until(lambda: bench.sql("SELECT count(*) FROM runs WHERE id = ANY(:ids) AND status"
+                                     " IN ('succeeded','failed','cancelled')", ids=ids)[0][0]
+                   == len(ids), timeout=3600, interval=0.5, what="runs to finish")
+        results[f"after_{checkpoint}_runs"] = {"api_rss_mb": bench.rss_mb("api"),
+                                               "worker_rss_mb": bench.rss_mb("nofx-worker")}
+    return results
