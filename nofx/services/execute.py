@@ -10,7 +10,9 @@ import logging
 import os
 import signal
 import threading
-from typing import Any
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import select
@@ -63,7 +65,7 @@ def run_claimed(step: status.ClaimedStep) -> dict[str, Any]:
         default_max_tokens=settings.llm_max_tokens,
         on_usage=lambda completion: record_usage(step, completion),
     )
-    with Heartbeat(step, settings.heartbeat_s):
+    with HEARTBEATS.holding(step):
         result = tool.run(inputs, ctx)
         stored = [store_artifact(step, artifact) for artifact in result.artifacts]
     with transaction() as conn:
@@ -139,43 +141,59 @@ def finish_run(run_id: str) -> bool:
         return status.finish_run(conn, run_id)
 
 
-class Heartbeat:
-    """Refreshes a running step's heartbeat from a thread, without blocking the tool.
+class Heartbeats:
+    """One thread per process refreshes the heartbeat of every step the process is running.
 
-    When the attempt no longer holds the step (cancelled, or reaped after a long stall) the
-    tool is interrupted inside a prefork child, where SIGUSR1 raises SoftTimeLimitExceeded.
+    A step is held only while its tool works; it is let go before its success is recorded.
+    When an attempt no longer holds its step (cancelled, or reaped after a long stall) and
+    is still held here, the tool is interrupted: inside a prefork child, SIGUSR1 raises
+    SoftTimeLimitExceeded in it.
     """
 
-    def __init__(self, step: status.ClaimedStep, period_s: float) -> None:
-        self.step = step
-        self.period_s = max(period_s, 0.05)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"heartbeat-{step.id}", daemon=True)
-        self.lost = False
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: dict[str, status.ClaimedStep] = {}
+        self._pid = 0
 
-    def __enter__(self) -> "Heartbeat":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=self.period_s + 5)
+    @contextmanager
+    def holding(self, step: status.ClaimedStep) -> Iterator[None]:
+        """Keep ``step`` beating for the duration of the block."""
+        with self._lock:
+            self._held[step.id] = step
+            if self._pid != os.getpid():  # first use in this process (threads do not fork)
+                self._pid = os.getpid()
+                threading.Thread(target=self._loop, name="nofx-heartbeat", daemon=True).start()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._held.pop(step.id, None)
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.period_s):
-            try:
-                with transaction() as conn:
-                    held = status.beat(conn, self.step.id, self.step.attempt)
-            except Exception:  # a missed beat is survivable; the next one may get through
-                log.warning("heartbeat failed", exc_info=True,
-                            extra={"run_id": self.step.run_id, "step_id": self.step.id})
-                continue
-            if not held:
-                self.lost = True
-                log.warning("step no longer held by this attempt; interrupting the tool",
-                            extra={"run_id": self.step.run_id, "step_id": self.step.id})
-                _interrupt()
-                return
+        while True:
+            time.sleep(max(get_settings().heartbeat_s, 0.05))
+            with self._lock:
+                held = list(self._held.values())
+            for step in held:
+                self._beat(step)
+
+    def _beat(self, step: status.ClaimedStep) -> None:
+        ids = {"run_id": step.run_id, "step_id": step.id}
+        try:
+            with transaction() as conn:
+                if status.beat(conn, step.id, step.attempt):
+                    return
+        except Exception:  # a missed beat is survivable; the next one may get through
+            log.warning("heartbeat failed", exc_info=True, extra=ids)
+            return
+        with self._lock:
+            still_running_here = self._held.pop(step.id, None) is step
+        if still_running_here:
+            log.warning("step no longer held by this attempt; interrupting the tool", extra=ids)
+            _interrupt()
+
+
+HEARTBEATS = Heartbeats()
 
 
 def _interrupt() -> None:

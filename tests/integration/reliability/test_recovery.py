@@ -203,3 +203,25 @@ def test_a_failed_run_resumes_from_the_failed_step_and_keeps_earlier_outputs(
     assert len(fake_llm.calls(first)) == 1 and len(fake_llm.calls(second)) == 2
     assert sorted(a["name"] for a in run["artifacts"]) == ["ONE.md", "TWO.md"]
     assert client.post(f"/runs/{run['id']}/retry").status_code == 409
+
+
+def test_an_attempt_whose_step_was_taken_away_is_interrupted_by_its_heartbeat(client, worker):
+    # given a step sleeping on the worker
+    run = submit(client, plan(step("long", "sleep", seconds=60)))
+    wait_until(lambda: get_run(client, run["id"])["steps"][0]["status"] == "running",
+               timeout=30, what="the step to start")
+    step_id = get_run(client, run["id"])["steps"][0]["id"]
+    task_id = kinds(client, run["id"], "step.started")[0]["payload"]["task_id"]
+
+    # when the step is taken from that attempt (as the reaper does), with no revoke sent
+    with transaction() as conn:
+        assert status.requeue_step(conn, run["id"], step_id, 1, ("step.reaped", {
+            "reason": "test", "action": "requeued"}))
+
+    # then the attempt's heartbeat notices and stops the tool within a few beats
+    wait_until(lambda: "interrupting the tool" in _lines_of(worker.log(), step_id),
+               timeout=10, what="the heartbeat to interrupt the tool")
+    wait_until(lambda: "this attempt no longer holds it" in _lines_of(worker.log(), task_id),
+               timeout=10, what="the task to stop")
+    with transaction() as conn:  # let the run end: cancel it
+        status.cancel_run(conn, run["id"])
