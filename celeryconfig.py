@@ -58,8 +58,12 @@ task_send_sent_event = True
 
 worker_hijack_root_logger = False
 worker_redirect_stdouts = False
+# With REMAP_SIGTERM=SIGQUIT (the deploy files set it) SIGTERM is a soft shutdown: running
+# steps get this long, then their messages go back to the broker and the reaper recovers
+# them. Without it SIGTERM is a warm shutdown, which waits for running steps however long.
 worker_soft_shutdown_timeout = 30
-worker_enable_soft_shutdown_on_idle = True
+# An idle worker stops at once (Celery would otherwise sleep the whole timeout).
+worker_enable_soft_shutdown_on_idle = False
 
 beat_schedule = {
     "nofx-reap": {"task": "nofx.reap", "schedule": _settings.reap_every_s,

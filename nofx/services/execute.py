@@ -24,6 +24,7 @@ from nofx.db.models import steps
 from nofx.domain import StepStatus
 from nofx.errors import PermanentToolError, StepLost, ToolError
 from nofx.llm.base import Completion, cost_usd
+from nofx.logs import redact
 from nofx.storage.base import artifact_key
 from nofx.tools import Artifact, ToolContext, get_tool
 
@@ -106,13 +107,15 @@ def store_artifact(step: status.ClaimedStep, artifact: Artifact) -> status.NewAr
 
 
 def error_of(exc: BaseException, timeout_s: float | None = None) -> dict[str, str]:
-    """The ``{"type", "message"}`` a failed step records."""
+    """The ``{"type", "message"}`` a failed step records (secrets masked: it is stored)."""
     if isinstance(exc, ToolError):
-        return exc.as_dict()
-    if isinstance(exc, SoftTimeLimitExceeded):
+        error = exc.as_dict()
+    elif isinstance(exc, SoftTimeLimitExceeded):
         limit = f" of {timeout_s:g}s" if timeout_s else ""
-        return {"type": "TimeLimitExceeded", "message": f"the step ran past its time limit{limit}"}
-    return {"type": type(exc).__name__, "message": str(exc) or type(exc).__name__}
+        error = {"type": "TimeLimitExceeded", "message": f"the step ran past its time limit{limit}"}
+    else:
+        error = {"type": type(exc).__name__, "message": str(exc) or type(exc).__name__}
+    return {**error, "message": redact(error["message"])}
 
 
 def fail(run_id: str, step_id: str, attempt: int, exc: BaseException) -> bool:
@@ -128,7 +131,7 @@ def fail(run_id: str, step_id: str, attempt: int, exc: BaseException) -> bool:
 
 def retry_later(step: status.ClaimedStep, exc: ToolError, delay_s: float) -> bool:
     """Queue the step again after ``delay_s``, recording ``step.retrying``."""
-    payload = {"attempt": step.attempt, "delay_s": round(delay_s, 3), "error": exc.as_dict()}
+    payload = {"attempt": step.attempt, "delay_s": round(delay_s, 3), "error": error_of(exc)}
     with transaction() as conn:
         return status.requeue_step(
             conn, step.run_id, step.id, step.attempt, ("step.retrying", payload), delay_s=delay_s

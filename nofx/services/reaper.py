@@ -197,20 +197,18 @@ def _mark_alive() -> None:
 
 @contextmanager
 def _single_reaper() -> Iterator[bool]:
+    """Hold a Postgres advisory lock for the tick, in one transaction of its own.
+
+    A transaction-scoped lock is released by the server when that transaction ends, however
+    the tick ends, and stays on one server connection behind PgBouncer in transaction mode.
+    """
     engine = get_engine()
     if engine.dialect.name != "postgresql":
         yield True  # SQLite serialises writers itself; guarded transitions do the rest
         return
-    with engine.connect() as conn:
-        acquired = bool(conn.execute(text("SELECT pg_try_advisory_lock(:id)"),
-                                     {"id": REAPER_LOCK_ID}).scalar())
-        conn.commit()
-        try:
-            yield acquired
-        finally:
-            if acquired:
-                conn.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": REAPER_LOCK_ID})
-                conn.commit()
+    with engine.connect() as conn, conn.begin():
+        yield bool(conn.execute(text("SELECT pg_try_advisory_xact_lock(:id)"),
+                                {"id": REAPER_LOCK_ID}).scalar())
 
 
 def last_run_at() -> datetime | None:

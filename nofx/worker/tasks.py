@@ -54,7 +54,8 @@ class StepTask(Task):
         if changed:
             log.error("step failed: %s", execute.error_of(exc)["message"],
                       extra=_ids(run_id, step_id, tool=kwargs.get("tool")))
-            observe.step_finished(kwargs.get("tool", "?"), "failed", _elapsed(self.request))
+            outcome = "timed_out" if isinstance(exc, SoftTimeLimitExceeded) else "failed"
+            observe.step_finished(kwargs.get("tool", "?"), outcome, _elapsed(self.request))
 
 
 @app.task(bind=True, base=StepTask, name="nofx.run_step")
@@ -80,6 +81,7 @@ def run_step(self: StepTask, run_id: str, step_id: str, **display: Any) -> None:
         if exc.retryable and step.attempt < step.max_attempts:
             delay = self.backoff(step.attempt)
             if execute.retry_later(step, exc, delay):
+                observe.step_finished(step.tool, "retrying", _elapsed(self.request))
                 log.warning("step will retry in %.1fs: %s", delay, exc.message,
                             extra=_ids(run_id, step_id, attempt=step.attempt))
                 raise self.retry(countdown=delay, exc=exc, max_retries=None) from exc
