@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import httpx
 
@@ -30,6 +31,7 @@ class Client:
         token = token if token is not None else (settings.api_tokens[0] if settings.api_tokens else "")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+        self.timeout = timeout
 
     def _json(self, response: httpx.Response) -> Any:
         try:
@@ -83,3 +85,67 @@ class Client:
             if deadline and time.monotonic() > deadline:
                 raise TimeoutError(f"run {run_id} did not finish within {timeout_s:g}s")
             sleep(poll_s)
+
+    def stream(self, run_id: str, after: int = 0, *, retries: int = 5,
+               read_timeout_s: float = 60.0) -> Iterator[dict]:
+        """Follow ``GET /runs/{id}/events/stream`` until ``run.finished``.
+
+        A dropped connection, or a server that stops, is resumed with ``Last-Event-ID``,
+        so each event is yielded once; ``retries`` failed reconnects in a row give up.
+        """
+        last, failures = after, 0
+        while True:
+            fresh = False
+            try:
+                for event in self._stream_once(run_id, last, read_timeout_s):
+                    last, failures, fresh = event["id"], 0, True
+                    yield event
+                    if event["type"] == "run.finished":
+                        return
+            except (httpx.TransportError, httpx.StreamError):
+                failures += 1
+                if failures > retries:
+                    raise
+                time.sleep(min(0.5 * 2 ** failures, 5.0))
+                continue
+            if not fresh and self.run(run_id)["status"] in ("succeeded", "failed", "cancelled"):
+                # Ended with nothing new: the run was over before ``last`` (or the server
+                # stopped just then); whatever is left is in the log.
+                yield from self.events(run_id, last)
+                return
+
+    def _stream_once(self, run_id: str, after: int, read_timeout_s: float) -> Iterator[dict]:
+        timeout = httpx.Timeout(self.timeout, read=read_timeout_s)
+        headers = {"Last-Event-ID": str(after), "Accept": "text/event-stream"}
+        with self.http.stream("GET", f"/runs/{run_id}/events/stream", headers=headers,
+                              timeout=timeout) as response:
+            if response.status_code >= 400:
+                response.read()
+                self._json(response)
+            for message in sse_messages(response.iter_lines()):
+                if "data" in message:
+                    yield json.loads(message["data"])
+
+
+def sse_messages(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
+    """Parse Server-Sent Events lines into messages: ``id``, ``data``, ``retry``, ``comments``.
+
+    Follows the field rules of the SSE spec, so it reads a stream as a browser would.
+    """
+    message: dict[str, Any] = {"comments": []}
+    for raw in lines:
+        line = raw.rstrip("\r\n")
+        if line == "":
+            if len(message) > 1 or message["comments"]:
+                yield message
+            message = {"comments": []}
+        elif line.startswith(":"):
+            message["comments"].append(line[1:].strip())
+        else:
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if name == "data" and "data" in message:
+                value = f"{message['data']}\n{value}"
+            message[name] = value
+    if len(message) > 1 or message["comments"]:
+        yield message

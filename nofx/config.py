@@ -94,6 +94,8 @@ class Settings:
     api_tokens: tuple[str, ...] = ()
     api_allow_open: bool = False
     max_body_bytes: int = 1_048_576
+    sse_poll_s: float = 0.5
+    sse_keepalive_s: float = 15.0
     heartbeat_s: float = 5.0
     stuck_after_s: float = 30.0
     reap_every_s: float = 10.0
@@ -131,6 +133,8 @@ class Settings:
             api_tokens=tuple(t.strip() for t in env.get("NOFX_API_TOKEN", "").split(",") if t.strip()),
             api_allow_open=_bool(env, "NOFX_API_ALLOW_OPEN", False),
             max_body_bytes=_int(env, "NOFX_MAX_BODY_BYTES", 1_048_576),
+            sse_poll_s=_float(env, "NOFX_SSE_POLL_S", 0.5),
+            sse_keepalive_s=_float(env, "NOFX_SSE_KEEPALIVE_S", 15.0),
             heartbeat_s=_float(env, "NOFX_HEARTBEAT_S", 5.0),
             stuck_after_s=_float(env, "NOFX_STUCK_AFTER_S", 30.0),
             reap_every_s=_float(env, "NOFX_REAP_EVERY_S", 10.0),

@@ -1,15 +1,21 @@
 """gunicorn settings for the API: ``gunicorn -c python:nofx.api.gunicorn_conf 'nofx.api:create_app()'``.
 
 Threads serve slow clients (event streams) without blocking a process; SIGTERM lets
-in-flight requests finish within ``graceful_timeout``; each process closes its database
-pool on the way out.
+in-flight requests finish within ``graceful_timeout`` and ends open event streams at once
+(their clients resume elsewhere with ``Last-Event-ID``); each process closes its database
+pool on the way out. The pool (``nofx/db/engine.py``: 5, plus 5 overflow) covers the
+default 8 threads, so a busy process never waits for a connection.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
-from typing import Any
+import signal
+from pathlib import Path
+from typing import Any, Sequence
+
+from gunicorn.util import parse_address
 
 from nofx.config import get_settings
 
@@ -27,19 +33,31 @@ max_requests_jitter = 1_000
 accesslog = None
 errorlog = "-"
 loglevel = _settings.log_level.lower()
+logger_class = "nofx.logs.GunicornLogger"  # gunicorn's own lines as JSON too
 
 
-def open_bind_problem() -> str | None:
-    """Why binding would expose an open API, or ``None`` when it is fine."""
+def open_bind_problem(binds: Sequence[str] | None = None) -> str | None:
+    """Why binding ``binds`` would expose an open API, or ``None`` when it is fine.
+
+    ``binds`` are gunicorn's addresses (``host:port``, ``unix:path``); by default the
+    configured ``NOFX_API_HOST:NOFX_API_PORT``.
+    """
     settings = get_settings()
-    if settings.api_tokens or settings.api_allow_open or _is_loopback(settings.api_host):
+    if binds is None:
+        binds = [f"{settings.api_host}:{settings.api_port}"]
+    exposed = [b for b in binds if not _is_local(b)]
+    if not exposed or settings.api_tokens or settings.api_allow_open:
         return None
-    return (f"refusing to serve {settings.api_host}:{settings.api_port} with no NOFX_API_TOKEN: "
+    return (f"refusing to serve {', '.join(exposed)} with no NOFX_API_TOKEN: "
             "anyone could submit runs. Set NOFX_API_TOKEN, bind 127.0.0.1, or pass "
             "--allow-open / NOFX_API_ALLOW_OPEN=1.")
 
 
-def _is_loopback(host: str) -> bool:
+def _is_local(bind: str) -> bool:
+    address = parse_address(bind)
+    if not isinstance(address, tuple):  # a unix socket or an inherited file descriptor
+        return True
+    host = address[0]
     if host == "localhost":
         return True
     try:
@@ -48,18 +66,52 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def on_starting(server: Any) -> None:
-    problem = open_bind_problem()
+def check_binds(binds: Sequence[str], log: Any) -> None:
+    """Stop (``SystemExit``) before an open API binds beyond loopback; warn if allowed to."""
+    problem = open_bind_problem(binds)
     if problem:
         raise SystemExit(problem)
-    if get_settings().api_allow_open and not get_settings().api_tokens:
-        server.log.warning("serving with no NOFX_API_TOKEN on %s: anyone can submit runs", bind)
+    if not get_settings().api_tokens and not all(_is_local(b) for b in binds):
+        log.warning("serving with no NOFX_API_TOKEN on %s: anyone can submit runs",
+                    ", ".join(binds))
+
+
+def on_starting(server: Any) -> None:
+    # The addresses gunicorn will really bind (``-b`` on its command line included).
+    check_binds(list(server.cfg.bind), server.log)
+    from nofx.observe import use_own_metrics_dir
+
+    # Before the workers fork: they all count HTTP figures into this replica's directory.
+    use_own_metrics_dir(f"api-{os.getpid()}")
+
+
+def on_exit(server: Any) -> None:
+    from nofx.observe import multiprocess_dir, remove_metrics_dir
+
+    path = multiprocess_dir()
+    if path:
+        remove_metrics_dir(Path(path))
 
 
 def post_fork(server: Any, worker: Any) -> None:
     from nofx.logs import setup_logging
 
     setup_logging("api")
+
+
+def post_worker_init(worker: Any) -> None:
+    """On SIGTERM, end open event streams too, so the graceful stop need not wait for them."""
+    from nofx.api import stream
+
+    stop_worker = signal.getsignal(signal.SIGTERM)
+
+    def _on_term(signum: int, frame: Any) -> None:
+        stream.shutting_down.set()
+        if callable(stop_worker):
+            stop_worker(signum, frame)
+
+    signal.signal(signal.SIGTERM, _on_term)
+    signal.siginterrupt(signal.SIGTERM, False)
 
 
 def worker_exit(server: Any, worker: Any) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import uuid
 from datetime import datetime
 from typing import Any
 
@@ -15,6 +16,7 @@ from nofx import status
 from nofx.config import get_settings
 from nofx.db.engine import transaction
 from nofx.db.models import artifacts, events, runs, steps
+from nofx.domain import RUN_TERMINAL
 from nofx.errors import Conflict, NotFound
 from nofx.services import dispatch
 from nofx.tools import get_tool
@@ -92,6 +94,7 @@ def _step_rows(plan: dict[str, Any]) -> list[dict[str, Any]]:
 
 def get_run(run_id: str) -> dict[str, Any]:
     """A run with its steps (in plan order) and artifacts."""
+    run_id = _known_id(run_id, "run")
     with transaction() as conn:
         run = conn.execute(select(runs).where(runs.c.id == run_id)).mappings().first()
         if run is None:
@@ -127,19 +130,39 @@ def list_runs(
 
 def list_events(run_id: str, after: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
     """A run's events in id order, after the event id ``after``."""
+    return poll_events(run_id, after, limit)[0]
+
+
+def poll_events(
+    run_id: str, after: int = 0, limit: int = 1000
+) -> tuple[list[dict[str, Any]], bool]:
+    """A run's events after ``after``, and whether the run had ended before they were read.
+
+    The status is read first, on purpose: the transaction that ends a run also writes
+    ``run.finished``, so when the status says "ended" the events read next include it.
+    """
+    run_id = _known_id(run_id, "run")
     with transaction() as conn:
-        _require_run(conn, run_id)
+        state = _require_run(conn, run_id)
         rows = conn.execute(
             select(events)
             .where(events.c.run_id == run_id, events.c.id > after)
             .order_by(events.c.id)
             .limit(limit)
         ).mappings().all()
-    return [dict(r) for r in rows]
+    return [dict(r) for r in rows], state in RUN_TERMINAL
+
+
+def require_run(run_id: str) -> None:
+    """Raise :class:`NotFound` unless the run exists."""
+    run_id = _known_id(run_id, "run")
+    with transaction() as conn:
+        _require_run(conn, run_id)
 
 
 def list_artifacts(run_id: str) -> list[dict[str, Any]]:
     """A run's artifacts, oldest first."""
+    run_id = _known_id(run_id, "run")
     with transaction() as conn:
         _require_run(conn, run_id)
         rows = conn.execute(
@@ -151,6 +174,7 @@ def list_artifacts(run_id: str) -> list[dict[str, Any]]:
 
 def get_artifact(artifact_id: str) -> dict[str, Any]:
     """One artifact's row."""
+    artifact_id = _known_id(artifact_id, "artifact")
     with transaction() as conn:
         row = conn.execute(select(artifacts).where(artifacts.c.id == artifact_id)).mappings().first()
     if row is None:
@@ -158,9 +182,20 @@ def get_artifact(artifact_id: str) -> dict[str, Any]:
     return dict(row)
 
 
-def _require_run(conn: Connection, run_id: str) -> None:
-    if conn.execute(select(runs.c.id).where(runs.c.id == run_id)).first() is None:
+def _require_run(conn: Connection, run_id: str) -> str:
+    """The run's status; :class:`NotFound` when there is no such run (``run_id`` canonical)."""
+    row = conn.execute(select(runs.c.status).where(runs.c.id == run_id)).first()
+    if row is None:
         raise NotFound(f"run {run_id} not found")
+    return str(row.status)
+
+
+def _known_id(value: str, kind: str) -> str:
+    """``value`` as NOFX writes ids (a lowercase UUID); anything else names nothing."""
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise NotFound(f"{kind} not found: {value[:100]!r} is not an id NOFX gave out") from None
 
 
 # -- acting on runs ------------------------------------------------------------------------
@@ -168,6 +203,7 @@ def _require_run(conn: Connection, run_id: str) -> None:
 
 def cancel_run(run_id: str) -> dict[str, Any]:
     """Cancel a queued or running run; a running step's task is revoked."""
+    run_id = _known_id(run_id, "run")
     with transaction() as conn:
         _require_run(conn, run_id)
         task_ids = status.cancel_run(conn, run_id)
@@ -180,6 +216,7 @@ def cancel_run(run_id: str) -> dict[str, Any]:
 
 def resume_run(run_id: str) -> dict[str, Any]:
     """Resume a failed or cancelled run from its first unsuccessful step."""
+    run_id = _known_id(run_id, "run")
     with transaction() as conn:
         _require_run(conn, run_id)
         first = status.resume_run(conn, run_id)

@@ -1,0 +1,131 @@
+"""Limits the API keeps: body size, content type, plan size, page size; keyset pages."""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from nofx.api.runs import decode_cursor
+from nofx.api.schemas import EXAMPLE_CURSOR
+from tests.support.runs import plan, step
+
+LIMIT = 1_048_576  # NOFX_MAX_BODY_BYTES's default
+
+
+def oversize_body() -> bytes:
+    return json.dumps(plan(step("a", "echo"), goal="g" * (LIMIT + 10))).encode()
+
+
+@pytest.mark.parametrize("sent", ["with-content-length", "chunked"])
+def test_an_oversize_body_is_a_413_however_it_is_sent(client, sent):
+    # given a plan larger than the limit, sent whole or streamed in chunks
+    body = oversize_body()
+    if sent == "chunked":
+        response = client.post("/runs", input_stream=io.BytesIO(body), headers={
+            "Transfer-Encoding": "chunked", "Content-Type": "application/json"})
+    else:
+        response = client.post("/runs", data=body, content_type="application/json")
+    # then it is refused as too large, saying the limit
+    assert response.status_code == 413
+    assert str(LIMIT) in response.get_json()["message"]
+
+
+def test_a_streamed_plan_within_the_limit_is_accepted(client):
+    body = json.dumps(plan(step("a", "echo"))).encode()
+    response = client.post("/runs", input_stream=io.BytesIO(body), headers={
+        "Transfer-Encoding": "chunked", "Content-Type": "application/json"})
+    assert response.status_code == 201
+
+
+def test_a_plan_of_more_than_a_hundred_steps_is_refused(client):
+    response = client.post("/runs", json=plan(*[step(f"s{i}", "echo") for i in range(101)]))
+    assert response.status_code == 422
+    assert "1 to 100 steps" in json.dumps(response.get_json()["errors"])
+
+
+@pytest.mark.parametrize(("body", "where"), [
+    ('{"plan": {"goal": "a\\u0000b", "steps": [{"name": "s", "tool": "echo"}]}}', "plan.goal"),
+    ('{"plan": {"goal": "g", "steps": [{"name": "s", "tool": "echo", '
+     '"inputs": {"k": ["ok", "\\ud800"]}}]}}', "plan.steps.0.inputs.k.1"),
+    ('{"plan": {"goal": "g", "steps": [{"name": "s", "tool": "echo", '
+     '"inputs": {"\\u0000": 1}}]}}', "plan.steps.0.inputs (a key)"),
+], ids=["nul-in-goal", "lone-surrogate-in-inputs", "nul-in-a-key"])
+def test_text_postgres_cannot_store_is_a_422_saying_where(client, body, where):
+    # given a plan whose JSON is valid but holds a NUL or an unpaired surrogate
+    response = client.post("/runs", data=body, content_type="application/json")
+    # then it is refused, field by field, before anything is stored
+    assert response.status_code == 422
+    assert where in response.get_json()["errors"]["json"]
+
+
+@pytest.mark.parametrize(("path", "field"), [
+    ("/runs?limit=201", "limit"),
+    ("/runs?limit=0", "limit"),
+    ("/runs/00000000-0000-0000-0000-000000000000/events?limit=1001", "limit"),
+    ("/runs?limt=5", "limt"),
+    ("/runs/00000000-0000-0000-0000-000000000000/events?after=9223372036854775808", "after"),
+])
+def test_page_sizes_beyond_the_limit_and_unknown_parameters_are_a_422(client, path, field):
+    response = client.get(path)
+    assert response.status_code == 422
+    assert field in response.get_json()["errors"]["query"]
+
+
+def walk(client: Any, until: set[str], **query: Any) -> list[dict[str, Any]]:
+    """Runs from ``GET /runs``, page by page, until every id in ``until`` has been seen."""
+    seen: list[dict[str, Any]] = []
+    cursor: dict[str, str] = {}
+    while True:
+        page = client.get("/runs", query_string={**query, **cursor})
+        assert page.status_code == 200
+        seen += page.get_json()["items"]
+        if until <= {r["id"] for r in seen}:
+            return seen
+        assert page.get_json()["next_cursor"], "ran out of pages before seeing every run"
+        cursor = {"cursor": page.get_json()["next_cursor"]}
+
+
+def key(run: dict[str, Any]) -> tuple[datetime, str]:
+    return datetime.fromisoformat(run["created_at"]), run["id"]
+
+
+def test_pages_follow_each_other_newest_first_with_nothing_missed_or_repeated(client):
+    # given seven runs made one after another
+    made = [client.post("/runs", json=plan(step("a", "echo"))).get_json()["id"] for _ in range(7)]
+
+    # when the runs are read three to a page
+    listed = walk(client, set(made), limit=3)
+
+    # then the pages are newest first, with no run twice, and ours in reverse order
+    assert [key(r) for r in listed] == sorted((key(r) for r in listed), reverse=True)
+    assert len({r["id"] for r in listed}) == len(listed)
+    assert [r["id"] for r in listed if r["id"] in made] == made[::-1]
+    assert all("steps" not in r and "artifacts" not in r for r in listed)
+
+
+def test_the_status_filter_pages_through_runs_of_that_status_only(client):
+    # given five runs that will not end by themselves, two of them cancelled
+    made = [client.post("/runs", json=plan(step("nap", "sleep", seconds=60))).get_json()["id"]
+            for _ in range(5)]
+    try:
+        for run_id in made[:2]:
+            assert client.post(f"/runs/{run_id}/cancel").status_code == 200
+
+        # when the cancelled runs are read one to a page
+        listed = walk(client, set(made[:2]), status="cancelled", limit=1)
+
+        # then every one listed is cancelled, ours among them and the others not
+        assert {r["status"] for r in listed} == {"cancelled"}
+        assert not set(made[2:]) & {r["id"] for r in listed}
+    finally:
+        for run_id in made[2:]:
+            client.post(f"/runs/{run_id}/cancel")
+
+
+def test_the_documented_example_cursor_is_one_this_api_understands(client):
+    assert decode_cursor(EXAMPLE_CURSOR) is not None
+    assert client.get("/runs", query_string={"cursor": EXAMPLE_CURSOR}).status_code == 200

@@ -1,0 +1,91 @@
+"""``/health/detailed``: every dependency, each with ok, latency and error, answered quickly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import httpx
+
+from nofx.config import get_settings
+from nofx.services import reaper
+from tests.conftest import SESSION
+from tests.support.ops import private_redis
+from tests.support.procs import start_api
+
+CHECKS = {"database", "broker", "storage", "workers", "reaper"}
+
+
+def test_detailed_health_is_200_when_every_dependency_answers(client, worker):
+    # given a worker on the queue and a reaper that has just run
+    reaper.reap()
+
+    response = client.get("/health/detailed")
+
+    body = response.get_json()
+    assert response.status_code == 200, body
+    assert body["status"] == "ok"
+    assert set(body["checks"]) == CHECKS
+    for name, check in body["checks"].items():
+        assert check["ok"] is True, (name, check)
+        assert check["latency_ms"] >= 0 and "error" not in check
+    assert any(name.startswith(f"worker-{SESSION}@") for name in body["checks"]["workers"]["workers"])
+    assert body["checks"]["workers"]["target"] == f"queue {get_settings().queue}"
+    assert body["checks"]["reaper"]["last_run_age_s"] < 5
+
+
+def test_with_redis_stopped_detailed_health_answers_503_within_three_seconds_naming_the_broker(
+        stack_env, logs_dir):
+    with private_redis(logs_dir) as (port, redis):
+        # given an API whose broker is a private Redis, answering at first
+        broker_url = f"redis://127.0.0.1:{port}/0"
+        api, url = start_api(f"api-health-{port}", dict(stack_env, NOFX_BROKER_URL=broker_url),
+                             logs_dir, workers=1)
+        try:
+            first = httpx.get(f"{url}/health/detailed", timeout=10).json()
+            assert first["checks"]["broker"]["ok"] is True, first
+
+            # when Redis stops
+            os.kill(redis.pid, signal.SIGKILL)
+            redis.wait()
+            started = time.monotonic()
+            response = httpx.get(f"{url}/health/detailed", timeout=10)
+            elapsed = time.monotonic() - started
+
+            # then the answer is 503, quick, and says the broker at that address is down
+            broker = response.json()["checks"]["broker"]
+            assert response.status_code == 503
+            assert elapsed < 3, f"answered in {elapsed:.1f}s"
+            assert broker["ok"] is False and broker["error"]
+            assert broker["target"] == broker_url
+            assert response.json()["checks"]["database"]["ok"] is True
+        finally:
+            api.stop()
+
+
+def test_a_hanging_broker_does_not_hang_detailed_health(stack_env, logs_dir):
+    with private_redis(logs_dir) as (port, redis):
+        # given an API whose broker accepts connections but never answers (a frozen Redis)
+        api, url = start_api(f"api-hang-{port}",
+                             dict(stack_env, NOFX_BROKER_URL=f"redis://127.0.0.1:{port}/0"),
+                             logs_dir, workers=1)
+        try:
+            os.kill(redis.pid, signal.SIGSTOP)
+
+            # when health is asked twice (the second finds the first's checks still hanging)
+            timings, answers = [], []
+            for _ in range(2):
+                started = time.monotonic()
+                answers.append(httpx.get(f"{url}/health/detailed", timeout=10))
+                timings.append(time.monotonic() - started)
+
+            # then each answers 503 in about two seconds, the broker reported as not answering
+            assert [a.status_code for a in answers] == [503, 503]
+            assert max(timings) < 2.5, timings
+            for answer in answers:
+                broker = answer.json()["checks"]["broker"]
+                assert broker["ok"] is False and "no answer" in broker["error"], broker
+        finally:
+            os.kill(redis.pid, signal.SIGCONT)
+            api.stop()
