@@ -189,7 +189,7 @@ def scale(bench: Bench, sizes: tuple[int, ...] = (10_000, 100_000, 1_000_000),
         _grow(bench, size - have)
         have = size
         run_id = bench.sql("SELECT id FROM runs ORDER BY created_at DESC LIMIT 1")[0][0]
-        figures = {
+        figures: dict[str, Any] = {
             "get_run_ms": _time_ms(lambda: http.get(f"/runs/{run_id}"), samples),
             "list_runs_ms": _time_ms(lambda: http.get("/runs?limit=50"), samples),
             "metrics_ms": _time_ms(lambda: http.get("/metrics"), samples),

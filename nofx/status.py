@@ -8,17 +8,22 @@ one event.
 
 Each transition first locks its run's row, so a run's events are written one transaction at
 a time and their ids grow in commit order (a reader resuming ``after=id`` misses nothing).
+Each also adds to the status counters behind ``/metrics`` (``nofx/db/counters.py``), once,
+at its end.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable, Sequence
 
 from sqlalchemy import Connection, exists, func, insert, select, update
 
+from nofx.db import counters
+from nofx.db.counters import Tally, run_status, step_status
 from nofx.db.models import artifacts, events, runs, steps
 from nofx.domain import RUN_ACTIVE, RUN_RESUMABLE, STEP_ACTIVE, RunStatus, StepStatus
 
@@ -131,6 +136,9 @@ def create_run(
         ],
     )
     record(conn, run_id, None, "run.created", {"goal": goal, "steps": len(step_rows)})
+    tally = Counter({run_status(RunStatus.QUEUED): 1})
+    tally.update(step_status(row["tool"], Q) for row in step_rows)
+    counters.bump(conn, tally)
 
 
 def mark_dispatched(conn: Connection, run_id: str) -> bool:
@@ -144,7 +152,7 @@ def mark_dispatched(conn: Connection, run_id: str) -> bool:
     return result.rowcount > 0
 
 
-def _end_run(conn: Connection, run_id: str, status: RunStatus) -> bool:
+def _end_run(conn: Connection, run_id: str, status: RunStatus, tally: Tally) -> bool:
     at = now()
     row = conn.execute(
         update(runs)
@@ -154,6 +162,7 @@ def _end_run(conn: Connection, run_id: str, status: RunStatus) -> bool:
     ).first()
     if row is not None:
         record(conn, run_id, None, "run.finished", {"status": str(status)})
+        tally[run_status(status)] += 1
     return row is not None
 
 
@@ -161,10 +170,17 @@ def finish_run(conn: Connection, run_id: str) -> bool:
     """``running -> succeeded`` once every step has succeeded."""
     if _lock_run(conn, run_id) != RunStatus.RUNNING:
         return False
+    tally: Tally = Counter()
+    finished = _finish_if_all_succeeded(conn, run_id, tally)
+    counters.bump(conn, tally)
+    return finished
+
+
+def _finish_if_all_succeeded(conn: Connection, run_id: str, tally: Tally) -> bool:
     unfinished = exists().where(steps.c.run_id == run_id, steps.c.status != OK)
     if conn.execute(select(unfinished)).scalar():
         return False
-    return _end_run(conn, run_id, RunStatus.SUCCEEDED)
+    return _end_run(conn, run_id, RunStatus.SUCCEEDED, tally)
 
 
 def cancel_run(conn: Connection, run_id: str) -> list[str] | None:
@@ -176,8 +192,10 @@ def cancel_run(conn: Connection, run_id: str) -> list[str] | None:
     if _lock_run(conn, run_id) not in RUN_ACTIVE:
         return None
     error = {"type": "Cancelled", "message": "the run was cancelled"}
-    ended = _end_steps(conn, run_id, STEP_ACTIVE, StepStatus.CANCELLED, error)
-    _end_run(conn, run_id, RunStatus.CANCELLED)
+    tally: Tally = Counter()
+    ended = _end_steps(conn, run_id, STEP_ACTIVE, StepStatus.CANCELLED, error, tally)
+    _end_run(conn, run_id, RunStatus.CANCELLED, tally)
+    counters.bump(conn, tally)
     return [task_id for status, task_id in ended if status == R and task_id]
 
 
@@ -197,7 +215,7 @@ def resume_run(conn: Connection, run_id: str) -> int | None:
             status=Q, attempt=0, error=None, outputs=None, started_at=None, ended_at=None,
             heartbeat_at=None, task_id=None, updated_at=at,
         )
-        .returning(steps.c.id, POSITION)
+        .returning(steps.c.id, POSITION, steps.c.tool)
     ).all()
     conn.execute(
         update(runs)
@@ -209,6 +227,9 @@ def resume_run(conn: Connection, run_id: str) -> int | None:
     record(conn, run_id, None, "run.resumed", {"from_index": first, "steps": len(rows)})
     for row in sorted(rows, key=lambda r: r.position):
         record(conn, run_id, row.id, "step.queued", {"reason": "run resumed"})
+    tally = Counter({run_status(RunStatus.QUEUED): 1})
+    tally.update(step_status(row.tool, Q) for row in rows)
+    counters.bump(conn, tally)
     return first
 
 
@@ -220,8 +241,8 @@ def claim_step(conn: Connection, run_id: str, step_id: str, task_id: str) -> Cla
 
     Also starts the run (``queued -> running``, ``run.started``) on its first claim.
     """
-    run_status = _lock_run(conn, run_id)
-    if run_status not in RUN_ACTIVE:
+    current = _lock_run(conn, run_id)
+    if current not in RUN_ACTIVE:
         return None
     at = now()
     earlier = steps.alias("earlier")
@@ -250,7 +271,8 @@ def claim_step(conn: Connection, run_id: str, step_id: str, task_id: str) -> Cla
     ).first()
     if row is None:
         return None
-    if run_status == RunStatus.QUEUED:
+    tally = Counter({step_status(row.tool, R): 1})
+    if current == RunStatus.QUEUED:
         conn.execute(
             update(runs)
             .where(runs.c.id == run_id)
@@ -258,7 +280,9 @@ def claim_step(conn: Connection, run_id: str, step_id: str, task_id: str) -> Cla
                     updated_at=at)
         )
         record(conn, run_id, None, "run.started", {})
+        tally[run_status(RunStatus.RUNNING)] += 1
     record(conn, run_id, step_id, "step.started", {"attempt": row.attempt, "task_id": task_id})
+    counters.bump(conn, tally)
     return ClaimedStep(
         id=step_id, run_id=run_id, index=row.position, name=row.name, tool=row.tool,
         inputs=row.inputs, attempt=row.attempt, max_attempts=row.max_attempts,
@@ -291,17 +315,22 @@ def succeed_step(
         update(steps)
         .where(steps.c.id == step_id, steps.c.status == R, steps.c.attempt == attempt)
         .values(status=OK, outputs=outputs, ended_at=at, updated_at=at)
-        .returning(steps.c.started_at, POSITION)
+        .returning(steps.c.started_at, POSITION, steps.c.tool)
     ).first()
     if row is None:
         return False
-    _set_due(conn, run_id, row.position + 1, at)
+    next_is_due = _set_due(conn, run_id, row.position + 1, at)
     for artifact in new_artifacts:
         _insert_artifact(conn, run_id, step_id, artifact)
     record(conn, run_id, step_id, "step.finished", {
         "status": str(OK), "error": None, "attempt": attempt,
         "duration_s": _seconds(row.started_at, at),
     })
+    tally = Counter({step_status(row.tool, OK): 1})
+    if not next_is_due:
+        # The last step: the run ends with it, not one Celery hop later in ``finish_run``.
+        _finish_if_all_succeeded(conn, run_id, tally)
+    counters.bump(conn, tally)
     return True
 
 
@@ -344,7 +373,7 @@ def fail_step(
         update(steps)
         .where(*guard)
         .values(status=status, error=error, ended_at=at, updated_at=at)
-        .returning(steps.c.started_at, steps.c.attempt)
+        .returning(steps.c.started_at, steps.c.attempt, steps.c.tool)
     ).first()
     if row is None:
         return False
@@ -355,8 +384,10 @@ def fail_step(
         "duration_s": _seconds(row.started_at, at),
     })
     skipped = {"type": "Skipped", "message": f"an earlier step ended {status}"}
-    _end_steps(conn, run_id, STEP_ACTIVE, StepStatus.CANCELLED, skipped)
-    _end_run(conn, run_id, RunStatus.FAILED)
+    tally = Counter({step_status(row.tool, status): 1})
+    _end_steps(conn, run_id, STEP_ACTIVE, StepStatus.CANCELLED, skipped, tally)
+    _end_run(conn, run_id, RunStatus.FAILED, tally)
+    counters.bump(conn, tally)
     return True
 
 
@@ -379,11 +410,12 @@ def requeue_step(
         )
         .values(status=Q, heartbeat_at=None, updated_at=at,
                 due_at=at + timedelta(seconds=delay_s))
-        .returning(steps.c.id)
+        .returning(steps.c.tool)
     ).first()
     if result is None:
         return False
     record(conn, run_id, step_id, event[0], event[1])
+    counters.bump(conn, {step_status(result.tool, Q): 1})
     return True
 
 
@@ -400,13 +432,16 @@ def redispatched(conn: Connection, run_id: str, step_id: str, payload: dict[str,
     return result.rowcount > 0
 
 
-def _set_due(conn: Connection, run_id: str, index: int | None, at: datetime) -> None:
-    if index is not None:
-        conn.execute(
-            update(steps)
-            .where(steps.c.run_id == run_id, steps.c.index == index, steps.c.status == Q)
-            .values(due_at=at)
-        )
+def _set_due(conn: Connection, run_id: str, index: int | None, at: datetime) -> bool:
+    """Mark the queued step at ``index`` as due from ``at``; whether there was one."""
+    if index is None:
+        return False
+    result = conn.execute(
+        update(steps)
+        .where(steps.c.run_id == run_id, steps.c.index == index, steps.c.status == Q)
+        .values(due_at=at)
+    )
+    return result.rowcount > 0
 
 
 def _end_steps(
@@ -415,13 +450,15 @@ def _end_steps(
     from_statuses: Sequence[StepStatus],
     status: StepStatus,
     error: dict[str, Any],
+    tally: Tally,
 ) -> list[tuple[str, str | None]]:
     at = now()
     rows = conn.execute(
         update(steps)
         .where(steps.c.run_id == run_id, steps.c.status.in_(from_statuses))
         .values(status=status, error=error, ended_at=at, due_at=None, updated_at=at)
-        .returning(steps.c.id, POSITION, steps.c.started_at, steps.c.task_id, steps.c.attempt)
+        .returning(steps.c.id, POSITION, steps.c.started_at, steps.c.task_id, steps.c.attempt,
+                   steps.c.tool)
     ).all()
     ended: list[tuple[str, str | None]] = []
     for row in sorted(rows, key=lambda r: r.position):
@@ -432,6 +469,7 @@ def _end_steps(
             "duration_s": _seconds(row.started_at, at) if was == R else 0.0,
         })
         ended.append((str(was), row.task_id))
+        tally[step_status(row.tool, status)] += 1
     return ended
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, exc
 from sqlalchemy.engine import make_url
 
 _engines: dict[str, Engine] = {}
@@ -30,11 +31,38 @@ def _create(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         return _create_sqlite(url)
-    # Sized for a gunicorn worker or a prefork child; recycled so a restarted Postgres or a
-    # proxy that drops idle connections never hands us a dead one.
-    return create_engine(
-        url, pool_size=5, max_overflow=5, pool_pre_ping=True, pool_recycle=1800, pool_timeout=10
-    )
+    # Sized for a gunicorn worker or a prefork child; recycled so a proxy that drops idle
+    # connections never hands us a dead one.
+    engine = create_engine(url, pool_size=5, max_overflow=5, pool_recycle=1800, pool_timeout=10)
+    _ping_when_idle(engine)
+    return engine
+
+
+#: A connection used this recently is taken to be alive; one idle longer is pinged first.
+PING_AFTER_IDLE_S = 10.0
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """``pool_pre_ping``, but only for connections that sat idle (a worker's hot path skips it).
+
+    A ping on every checkout costs a round trip per transaction (two per step). After a
+    Postgres restart, a connection used within the last few seconds fails its first
+    statement instead; that transaction errors and is retried by whoever owns it (the API
+    client, or the reaper for a step).
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _checked_in(dbapi_conn: Any, record: Any) -> None:
+        record.info["checked_in_at"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_conn: Any, record: Any, proxy: Any) -> None:
+        if time.monotonic() - record.info.get("checked_in_at", 0.0) < PING_AFTER_IDLE_S:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_conn)
+        except Exception as error:  # the pool replaces the connection and checks out again
+            raise exc.DisconnectionError("connection was closed while idle") from error
 
 
 def _create_sqlite(url: str) -> Engine:

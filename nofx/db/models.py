@@ -19,6 +19,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    SmallInteger,
     String,
     Table,
     Text,
@@ -168,11 +169,13 @@ components = Table(
     Index("ix_components_kind_seen", "kind", "seen_at"),
 )
 
-#: Counters that must survive restarts and agree across replicas (reaper actions).
+#: Counters that must survive restarts and agree across replicas: status transitions and
+#: reaper actions (``nofx/db/counters.py``). Writers spread over a few shards.
 counters = Table(
     "counters",
     metadata,
     Column("name", String(64), primary_key=True),
     Column("labels", String(255), primary_key=True),
+    Column("shard", SmallInteger, primary_key=True, server_default="0"),
     Column("value", BigInteger, nullable=False, server_default="0"),
 )

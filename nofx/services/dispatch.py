@@ -1,13 +1,18 @@
-"""Sending runs to the workers: one Celery chain per run, one task per step, then its end.
+"""Sending runs to the workers: one Celery chain per run, one task per step.
 
 Celery carries ids, never state. The chain starts at the run's first step that has not
 succeeded, read from the database, so the same call serves a new run, a resumed run and
-the reaper's redispatch of a stalled one.
+the reaper's redispatch of a stalled one. The run ends in the same transaction as its last
+step's success; a separate "end of run" link would cost every run one more round trip
+through the broker (half the throughput of one-step runs, measured in docs/benchmarks.md)
+and guard nothing the reaper does not already: it ends any run whose steps all succeeded.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
 
 from celery import chain
 from sqlalchemy import select
@@ -25,10 +30,50 @@ log = logging.getLogger(__name__)
 PUBLISH_RETRY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
 
 
-def dispatch_run(run_id: str) -> bool:
-    """Send the run's chain from its first unsucceeded step; ``False`` if the broker refused."""
-    from nofx.worker.tasks import finish_run, run_step
+@dataclass(frozen=True)
+class Link:
+    """What one link of a run's chain needs to know about its step."""
 
+    id: str
+    position: int
+    name: str
+    tool: str
+    timeout_s: float
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> "Link":
+        return cls(row["id"], row["index"], row["name"], row["tool"], row["timeout_s"])
+
+
+def dispatch_run(run_id: str, links: Sequence[Link] | None = None) -> bool:
+    """Send the run's chain from its first unsucceeded step; ``False`` if the broker refused.
+
+    ``links`` are the steps to send, when the caller has just written them (a new run);
+    otherwise they are read from the database.
+    """
+    from nofx.worker.tasks import run_step
+
+    signatures = [
+        run_step.si(run_id, link.id, tool=link.tool, step=link.name, index=link.position).set(
+            **time_limits(link.timeout_s)
+        )
+        for link in (links if links is not None else _pending_links(run_id))
+    ]
+    if not signatures:  # every step already succeeded: nothing to send, the reaper ends it
+        return True
+    try:
+        chain(*signatures).apply_async(retry=True, retry_policy=PUBLISH_RETRY)
+    except Exception:  # any broker failure: the run waits in the database for the reaper
+        log.warning("could not dispatch run; the reaper will send it", exc_info=True,
+                    extra={"run_id": run_id})
+        return False
+    with transaction() as conn:
+        status.mark_dispatched(conn, run_id)
+    return True
+
+
+def _pending_links(run_id: str) -> list[Link]:
+    """The run's steps from its first one that has not succeeded."""
     with transaction() as conn:
         rows = conn.execute(
             select(steps.c.id, POSITION, steps.c.name, steps.c.tool, steps.c.status,
@@ -37,23 +82,7 @@ def dispatch_run(run_id: str) -> bool:
             .order_by(steps.c.index)
         ).all()
     first = next((i for i, r in enumerate(rows) if r.status != StepStatus.SUCCEEDED), len(rows))
-    signatures = [
-        run_step.si(run_id, r.id, tool=r.tool, step=r.name, index=r.position).set(
-            **time_limits(r.timeout_s)
-        )
-        for r in rows[first:]
-    ]
-    try:
-        chain(*signatures, finish_run.si(run_id)).apply_async(
-            retry=True, retry_policy=PUBLISH_RETRY
-        )
-    except Exception:  # any broker failure: the run waits in the database for the reaper
-        log.warning("could not dispatch run; the reaper will send it", exc_info=True,
-                    extra={"run_id": run_id})
-        return False
-    with transaction() as conn:
-        status.mark_dispatched(conn, run_id)
-    return True
+    return [Link(r.id, r.position, r.name, r.tool, r.timeout_s) for r in rows[first:]]
 
 
 def time_limits(timeout_s: float) -> dict[str, float]:

@@ -1,9 +1,10 @@
 """The fleet-wide figures behind the API's ``/metrics``, read from the database at scrape time.
 
 Every API replica reads the same rows, so every replica reports the same numbers (alert
-rules take ``max()`` across replicas). The running-step figures read only the partial index
-of running steps; the per-status totals count ``ix_runs_status_created`` and
-``ix_steps_tool_status`` (index-only scans, but they still grow with the tables).
+rules take ``max()`` across replicas). ``nofx_runs_total`` and ``nofx_steps_total`` count
+transitions into each status, kept by the transitions themselves (``nofx/db/counters.py``),
+so a scrape reads a few dozen rows however many runs there have been; the running-step
+figures read only the partial index of running steps.
 Series are zero-filled for every known tool, status and reaper action, so ``increase()``
 sees the first event of each kind.
 """
@@ -21,7 +22,8 @@ from sqlalchemy import Connection, func, select
 from nofx import status
 from nofx.config import get_settings
 from nofx.db.engine import transaction
-from nofx.db.models import components, counters, runs, steps
+from nofx.db import counters
+from nofx.db.models import components, steps
 from nofx.domain import RunStatus, StepStatus
 from nofx.services import reaper
 from nofx.tools import registry as tool_registry
@@ -61,21 +63,23 @@ class FleetCollector(Collector):
 
 def _read(conn: Connection) -> dict[str, Any]:
     return {
-        "runs": conn.execute(select(runs.c.status, func.count()).group_by(runs.c.status)).all(),
-        "steps": conn.execute(select(steps.c.tool, steps.c.status, func.count())
-                              .group_by(steps.c.tool, steps.c.status)).all(),
+        "runs": [(counters.parse(labels).get("status", ""), total)
+                 for labels, total in counters.totals(conn, "runs").items()],
+        "steps": [(parts.get("tool", ""), parts.get("status", ""), total)
+                  for labels, total in counters.totals(conn, "steps").items()
+                  for parts in [counters.parse(labels)]],
         "running": conn.execute(select(steps.c.tool, func.count(), func.min(steps.c.started_at))
                                 .where(steps.c.status == StepStatus.RUNNING)
                                 .group_by(steps.c.tool)).all(),
-        "reaped": conn.execute(select(counters.c.labels, counters.c.value)
-                               .where(counters.c.name == "steps_reaped")).all(),
+        "reaped": list(counters.totals(conn, "steps_reaped").items()),
         "reaper_seen": conn.execute(select(func.max(components.c.seen_at))
                                     .where(components.c.kind == "reaper")).scalar(),
     }
 
 
 def _runs(rows: Iterable[Any]) -> CounterMetricFamily:
-    family = CounterMetricFamily("nofx_runs", "Runs by current status.", labels=["status"])
+    family = CounterMetricFamily("nofx_runs", "Runs that entered each status (queued: created).",
+                                 labels=["status"])
     found = {row[0]: row[1] for row in rows}
     for run_status in RunStatus:
         family.add_metric([run_status.value], found.get(run_status.value, 0))
@@ -83,7 +87,7 @@ def _runs(rows: Iterable[Any]) -> CounterMetricFamily:
 
 
 def _steps(rows: Iterable[Any], tools: list[str]) -> CounterMetricFamily:
-    family = CounterMetricFamily("nofx_steps", "Steps by tool and current status.",
+    family = CounterMetricFamily("nofx_steps", "Steps that entered each status, by tool.",
                                  labels=["tool", "status"])
     found = {(tool, step_status): count for tool, step_status, count in rows}
     for tool in tools:
@@ -111,7 +115,7 @@ def _reaped(rows: Iterable[Any]) -> CounterMetricFamily:
                                  labels=["reason", "action"])
     found = {pair: 0 for pair in REAPER_ACTIONS}
     for labels, value in rows:
-        parts = dict(part.split("=", 1) for part in labels.split(","))
+        parts = counters.parse(labels)
         found[(parts.get("reason", ""), parts.get("action", ""))] = value
     for (reason, action), value in found.items():
         family.add_metric([reason, action], value)

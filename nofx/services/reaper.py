@@ -26,7 +26,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from nofx import status
 from nofx.config import Settings, get_settings
 from nofx.db.engine import get_engine, transaction
-from nofx.db.models import components, counters, runs, steps
+from nofx.db import counters
+from nofx.db.models import components, runs, steps
 from nofx.domain import RUN_ACTIVE, RunStatus, StepStatus
 from nofx.services import dispatch
 
@@ -179,12 +180,7 @@ def _finish_completed_runs() -> int:
 
 def _count(conn: Connection, reason: str, action: str) -> None:
     """Add one to the durable ``steps_reaped`` counter (read by /metrics)."""
-    labels = f"reason={reason},action={action}"
-    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    stmt = insert(counters).values(name="steps_reaped", labels=labels, value=1)
-    conn.execute(stmt.on_conflict_do_update(
-        index_elements=["name", "labels"], set_={"value": counters.c.value + 1}
-    ))
+    counters.bump(conn, {("steps_reaped", f"reason={reason},action={action}"): 1})
 
 
 def _mark_alive() -> None:

@@ -37,11 +37,12 @@ def submit_run(plan: dict[str, Any], idempotency_key: str | None = None) -> tupl
         if existing is not None:
             return existing, False
     run_id = status.new_id()
+    step_rows = _step_rows(plan)
     try:
         with transaction() as conn:
             status.create_run(
                 conn, run_id=run_id, goal=plan["goal"], plan=plan,
-                step_rows=_step_rows(plan), idempotency_key=idempotency_key,
+                step_rows=step_rows, idempotency_key=idempotency_key,
                 request_hash=request_hash,
             )
     except IntegrityError:
@@ -51,7 +52,7 @@ def submit_run(plan: dict[str, Any], idempotency_key: str | None = None) -> tupl
             raise
         return existing, False
     log.info("run created", extra={"run_id": run_id, "steps": len(plan["steps"])})
-    dispatch.dispatch_run(run_id)
+    dispatch.dispatch_run(run_id, [dispatch.Link.from_row(row) for row in step_rows])
     return get_run(run_id), True
 
 

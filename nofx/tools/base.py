@@ -71,10 +71,17 @@ class Tool:
     def validate(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """Inputs as the tool will see them, or :class:`InvalidInputs` field by field."""
         try:
-            return self.Inputs().load(inputs)
+            return self._schema().load(inputs)
         except ValidationError as exc:
             errors = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
             raise InvalidInputs(f"invalid inputs for tool {self.name!r}", errors=errors) from exc
+
+    def _schema(self) -> Schema:
+        # Building a marshmallow schema costs more than loading with it: build it once.
+        schema = self.__dict__.get("_inputs_schema")
+        if schema is None:
+            schema = self.__dict__["_inputs_schema"] = self.Inputs()
+        return schema
 
     def run(self, inputs: dict[str, Any], ctx: ToolContext) -> ToolResult:
         """Do the work."""

@@ -103,7 +103,12 @@ def _not_claimed(run_id: str, step_id: str) -> None:
 
 @app.task(name="nofx.finish_run", acks_late=True)
 def finish_run(run_id: str) -> None:
-    """End a run ``succeeded`` once all its steps have (the last link of every chain)."""
+    """End a run ``succeeded`` if all its steps have (a guarded no-op otherwise).
+
+    Runs end with their last step's success now; chains sent by NOFX 0.1 before that ended
+    with this link, so it stays registered for messages still in a broker, and for
+    operators (`celery -A nofx.worker call nofx.finish_run --args='["RUN_ID"]'`).
+    """
     bind(run_id=run_id)
     if execute.finish_run(run_id):
         log.info("run succeeded", extra={"run_id": run_id})

@@ -112,14 +112,25 @@ def test_a_claim_starts_the_run_once_and_records_both_starts(db_url):
     assert run_status == RunStatus.RUNNING
 
 
-def test_a_run_finishes_only_when_every_step_succeeded_and_only_once(db_url):
-    run_id, step_id = make_run(db_url, S.RUNNING)
+def test_a_run_ends_with_its_last_steps_success_and_only_once(db_url):
+    run_id, first, second = status.new_id(), status.new_id(), status.new_id()
     with get_engine(db_url).begin() as conn:
-        assert status.finish_run(conn, run_id) is False  # its step is still running
-        assert status.succeed_step(conn, run_id, step_id, 1, {})
+        status.create_run(conn, run_id=run_id, goal="g", plan={}, step_rows=[
+            {"id": sid, "index": i, "name": f"s{i}", "tool": "echo", "inputs": {},
+             "max_attempts": 1, "timeout_s": 5.0} for i, sid in enumerate((first, second))])
+        status.claim_step(conn, run_id, first, "t")
+        assert status.succeed_step(conn, run_id, first, 1, {})
+        assert status.finish_run(conn, run_id) is False  # its second step has not run
+        status.claim_step(conn, run_id, second, "t")
+        assert status.succeed_step(conn, run_id, second, 1, {})
+        assert status.finish_run(conn, run_id) is False  # already ended by that success
     with get_engine(db_url).begin() as conn:
-        assert status.finish_run(conn, run_id) is True
-        assert status.finish_run(conn, run_id) is False
+        run_status = conn.execute(select(runs.c.status).where(runs.c.id == run_id)).scalar_one()
+        types = conn.execute(select(events.c.type).where(events.c.run_id == run_id)
+                             .order_by(events.c.id)).scalars().all()
+    assert run_status == RunStatus.SUCCEEDED
+    assert types[-2:] == ["step.finished", "run.finished"]
+    assert types.count("run.finished") == 1
     assert (RunStatus.RUNNING, RunStatus.SUCCEEDED) in RUN_TRANSITIONS
 
 
