@@ -23,7 +23,7 @@ ALERTS_TEST = PROMETHEUS / "alerts_test.yml"
 CONFIG = PROMETHEUS / "prometheus.yml"
 GRAFANA = ROOT / "deploy" / "grafana"
 DASHBOARD = GRAFANA / "nofx-dashboard.json"
-RUNBOOKS = [ROOT / "docs" / "operations.md", ROOT / "docs" / "operations-alerts.md"]
+RUNBOOKS = [ROOT / "docs" / "operations.md"]
 
 # The metrics the contract (section "Metrics (Prometheus)") says NOFX exposes, by type.
 CONTRACT_METRICS = {
