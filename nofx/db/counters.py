@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from typing import Mapping
+from typing import Any, Mapping
 
 from sqlalchemy import Connection, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -33,21 +33,25 @@ def step_status(tool: str, status: str) -> Key:
     return ("steps", f"tool={tool},status={status}")
 
 
-def bump(conn: Connection, counts: Mapping[Key, int]) -> None:
-    """Add ``counts`` in one statement (rows in a fixed order: no deadlock between writers)."""
-    rows = [(key, n) for key, n in sorted(counts.items()) if n]
-    if not rows:
-        return
-    shard = random.randrange(SHARDS)
-    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    stmt = insert(counters).values(
-        [{"name": name, "labels": labels, "shard": shard, "value": n}
-         for (name, labels), n in rows]
-    )
-    conn.execute(stmt.on_conflict_do_update(
+def _upsert(insert: Any) -> Any:
+    stmt = insert(counters)
+    return stmt.on_conflict_do_update(
         index_elements=["name", "labels", "shard"],
         set_={"value": counters.c.value + stmt.excluded.value},
-    ))
+    )
+
+
+#: Built once: SQLAlchemy caches its compiled form, and many rows go as one batch.
+_UPSERT = {"postgresql": _upsert(pg_insert), "sqlite": _upsert(sqlite_insert)}
+
+
+def bump(conn: Connection, counts: Mapping[Key, int]) -> None:
+    """Add ``counts`` in one statement (rows in a fixed order: no deadlock between writers)."""
+    shard = random.randrange(SHARDS)
+    rows = [{"name": name, "labels": labels, "shard": shard, "value": n}
+            for (name, labels), n in sorted(counts.items()) if n]
+    if rows:
+        conn.execute(_UPSERT[conn.dialect.name], rows)
 
 
 def totals(conn: Connection, name: str) -> dict[str, int]:

@@ -8,6 +8,7 @@ is visible as a ``step.retrying`` event and retries never multiply (SDK x Celery
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import anthropic
 
@@ -63,11 +64,11 @@ def _error_message(exc: anthropic.APIStatusError) -> str:
     return exc.message
 
 
-def _completion(message: object, requested_model: str) -> Completion:
+def _completion(message: Any, requested_model: str) -> Completion:
     try:
-        blocks = getattr(message, "content")
+        blocks = message.content
         text = "".join(b.text for b in blocks if getattr(b, "type", None) == "text")
-        usage = getattr(message, "usage")
+        usage = message.usage
         input_tokens, output_tokens = int(usage.input_tokens), int(usage.output_tokens)
     except (AttributeError, TypeError, ValueError) as exc:
         raise RetryableToolError(f"Anthropic API answered malformed data: {exc}") from exc
