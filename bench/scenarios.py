@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from functools import partial
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
@@ -190,7 +191,7 @@ def scale(bench: Bench, sizes: tuple[int, ...] = (10_000, 100_000, 1_000_000),
         have = size
         run_id = bench.sql("SELECT id FROM runs ORDER BY created_at DESC LIMIT 1")[0][0]
         figures: dict[str, Any] = {
-            "get_run_ms": _time_ms(lambda run_id=run_id: http.get(f"/runs/{run_id}"), samples),
+            "get_run_ms": _time_ms(partial(http.get, f"/runs/{run_id}"), samples),
             "list_runs_ms": _time_ms(lambda: http.get("/runs?limit=50"), samples),
             "metrics_ms": _time_ms(lambda: http.get("/metrics"), samples),
             "reaper_query_ms": _time_ms(lambda: _in_env(bench, reaper.stuck_steps), samples),
@@ -267,6 +268,12 @@ def _explain(bench: Bench, run_id: str) -> dict[str, str]:
     return plans
 
 
+def _all_finished(bench: Bench, ids: list[str]) -> bool:
+    done = bench.sql("SELECT count(*) FROM runs WHERE id = ANY(:ids) AND status IN "
+                     "('succeeded','failed','cancelled')", ids=ids)[0][0]
+    return bool(done == len(ids))
+
+
 # -- 5. memory -----------------------------------------------------------------------------
 
 
@@ -282,10 +289,8 @@ def memory(bench: Bench, checkpoints: tuple[int, ...] = (1_000, 10_000), clients
             ids = list(pool.map(lambda _: http.post("/runs", json=body).json()["id"],
                                 range(checkpoint - done)))
         done = checkpoint
-        wait_until(lambda ids=ids: bench.sql(
-            "SELECT count(*) FROM runs WHERE id = ANY(:ids) AND status IN "
-            "('succeeded','failed','cancelled')", ids=ids)[0][0] == len(ids),
-            timeout=3600, interval=0.5, what="runs to finish")
+        wait_until(partial(_all_finished, bench, ids), timeout=3600, interval=0.5,
+                   what="runs to finish")
         results[f"after_{checkpoint}_runs"] = {"api_rss_mb": bench.rss_mb("api"),
                                                "worker_rss_mb": bench.rss_mb("nofx-worker")}
     return results
