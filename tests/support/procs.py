@@ -115,11 +115,15 @@ def start_api(name: str, env: dict[str, str], log_dir: Path, workers: int = 2) -
             "nofx.api:create_app()"]
     proc = Proc(name, argv, env, log_dir)
     url = f"http://127.0.0.1:{port}"
+    wait_http(proc, f"{url}/health", what=f"api {name}")
+    return proc, url
 
+
+def wait_http(proc: Proc, url: str, what: str, timeout: float = 30) -> None:
+    """Wait until ``url`` answers 200; fail with the process's log if it exits first."""
     def _up() -> bool:
         if not proc.alive():
-            raise AssertionError(f"api {name} exited:\n{proc.log()[-3000:]}")
-        return httpx.get(f"{url}/health", timeout=1).status_code == 200
+            raise AssertionError(f"{what} exited:\n{proc.log()[-3000:]}")
+        return httpx.get(url, timeout=1).status_code == 200
 
-    wait_until(_up, timeout=30, what=f"api {name}")
-    return proc, url
+    wait_until(_up, timeout=timeout, what=what)
