@@ -28,18 +28,6 @@ class Conflict(NofxError):
     http_status = 409
 
 
-class InvalidPlan(NofxError):
-    """The plan (or a tool's inputs) failed validation; ``errors`` says where."""
-
-    http_status = 422
-
-
-class Unavailable(NofxError):
-    """A dependency (database, broker, storage) did not answer."""
-
-    http_status = 503
-
-
 class ToolError(NofxError):
     """A tool could not do its work. Subclasses say whether trying again may help."""
 

@@ -14,7 +14,6 @@ from marshmallow import (
     Schema,
     ValidationError,
     fields,
-    post_load,
     pre_load,
     validate,
     validates_schema,
@@ -121,6 +120,8 @@ class PlanSchema(Schema):
 
     @validates_schema
     def _check_steps(self, data: dict[str, Any], **_: Any) -> None:
+        # One pass per step: each tool validates its inputs once, and a step that passes
+        # keeps the tool's normalised inputs (defaults filled in) for the run.
         errors: dict[str, Any] = {}
         seen: set[str] = set()
         for i, step in enumerate(data.get("steps", [])):
@@ -129,12 +130,6 @@ class PlanSchema(Schema):
                 errors[str(i)] = problem
         if errors:
             raise ValidationError({"steps": errors})
-
-    @post_load
-    def _normalise_inputs(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
-        for step in data["steps"]:
-            step["inputs"] = get_tool(step["tool"]).validate(step["inputs"])  # type: ignore[union-attr]
-        return data
 
 
 def _step_problem(step: dict[str, Any], seen: set[str]) -> dict[str, Any] | None:
@@ -146,7 +141,7 @@ def _step_problem(step: dict[str, Any], seen: set[str]) -> dict[str, Any] | None
         known = ", ".join(sorted(registry()))
         return {"tool": [f"unknown tool {step['tool']!r}; known tools: {known}"]}
     try:
-        tool.validate(step.get("inputs") or {})
+        step["inputs"] = tool.validate(step.get("inputs") or {})
     except InvalidInputs as exc:
         return {"inputs": exc.errors}
     return None
