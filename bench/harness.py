@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 import psutil
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 
 from tests.support.procs import Proc, start_api, start_worker, wait_until
 
@@ -52,6 +52,7 @@ class Bench:
         self.procs: dict[str, Proc] = {}
         self.url = ""
         self._admin = create_engine(f"{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT")
+        self._engine: Engine | None = None
         with self._admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{self.database}"'))
         from nofx.db.migrate import upgrade
@@ -98,13 +99,14 @@ class Bench:
         return round(sum(p.memory_info().rss for p in procs if p.is_running()) / 2**20, 1)
 
     def sql(self, statement: str, **params: Any) -> Any:
-        engine = create_engine(self.env["NOFX_DATABASE_URL"])
-        try:
-            with engine.begin() as conn:
-                result = conn.execute(text(statement), params)
-                return result.all() if result.returns_rows else None
-        finally:
-            engine.dispose()
+        """Run one statement on the bench's database (one pooled connection: polling it
+        must not cost a Postgres backend start each time, as bare Celery's polling of Redis
+        does not)."""
+        if self._engine is None:
+            self._engine = create_engine(self.env["NOFX_DATABASE_URL"], pool_size=1)
+        with self._engine.begin() as conn:
+            result = conn.execute(text(statement), params)
+            return result.all() if result.returns_rows else None
 
     def close(self) -> None:
         for proc in self.procs.values():
@@ -112,6 +114,8 @@ class Bench:
         from nofx.db.engine import dispose_engines
 
         dispose_engines()
+        if self._engine is not None:
+            self._engine.dispose()
         with self._admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)'))
         self._admin.dispose()

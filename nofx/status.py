@@ -10,6 +10,11 @@ Each transition first locks its run's row, so a run's events are written one tra
 a time and their ids grow in commit order (a reader resuming ``after=id`` misses nothing).
 Each also adds to the status counters behind ``/metrics`` (``nofx/db/counters.py``), once,
 at its end.
+
+A step's two hot transitions, its claim and its success, run on Postgres as one statement
+each: functions from migration 0003 that do exactly what the Python below does, statement
+for statement, without a round trip per statement (the transition tests hold both paths
+to the same table). ``SQL_FUNCTIONS = False`` makes Postgres take the Python path too.
 """
 
 from __future__ import annotations
@@ -20,16 +25,19 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable, Sequence
 
-from sqlalchemy import Connection, exists, func, insert, select, update
+from sqlalchemy import Connection, bindparam, exists, func, insert, select, text, update
+from sqlalchemy.dialects.postgresql import JSONB
 
 from nofx.db import counters
 from nofx.db.counters import Tally, run_status, step_status
-from nofx.db.models import artifacts, events, runs, steps
+from nofx.db.models import UTCDateTime, artifacts, events, runs, steps
 from nofx.domain import RUN_ACTIVE, RUN_RESUMABLE, STEP_ACTIVE, RunStatus, StepStatus
 
 Q, R, OK = StepStatus.QUEUED, StepStatus.RUNNING, StepStatus.SUCCEEDED
 #: A step's ``index`` column, labelled so rows do not confuse it with ``tuple.index``.
 POSITION = steps.c.index.label("position")
+#: Claim and succeed through the Postgres functions of migration 0003 (one statement each).
+SQL_FUNCTIONS = True
 
 
 def now() -> datetime:
@@ -118,31 +126,39 @@ def create_run(
     step_rows: Sequence[dict[str, Any]],
     idempotency_key: str | None = None,
     request_hash: str | None = None,
-) -> None:
-    """Insert a queued run, its queued steps and ``run.created``."""
+) -> dict[str, Any]:
+    """Insert a queued run, its queued steps and ``run.created``.
+
+    Returns the run as it was written, with ``steps`` and (no) ``artifacts``: the shape a
+    read of the run gives, without reading it back.
+    """
     at = now()
-    conn.execute(
-        insert(runs).values(
-            id=run_id, status=RunStatus.QUEUED, goal=goal, plan=plan, created_at=at,
-            updated_at=at, idempotency_key=idempotency_key, request_hash=request_hash,
-        )
-    )
-    conn.execute(
-        insert(steps),
-        [
-            dict(row, run_id=run_id, status=Q, attempt=0, updated_at=at,
-                 due_at=at if row["index"] == 0 else None)
-            for row in step_rows
-        ],
-    )
+    run = _row(runs, id=run_id, status=RunStatus.QUEUED, goal=goal, plan=plan, created_at=at,
+               updated_at=at, idempotency_key=idempotency_key, request_hash=request_hash)
+    written = [
+        _row(steps, **row, run_id=run_id, status=Q, attempt=0, updated_at=at,
+             due_at=at if row["index"] == 0 else None)
+        for row in step_rows
+    ]
+    conn.execute(insert(runs).values(run))
+    conn.execute(insert(steps), written)
     record(conn, run_id, None, "run.created", {"goal": goal, "steps": len(step_rows)})
     tally = Counter({run_status(RunStatus.QUEUED): 1})
     tally.update(step_status(row["tool"], Q) for row in step_rows)
     counters.bump(conn, tally)
+    return dict(run, steps=written, artifacts=[])
+
+
+def _row(table: Any, **values: Any) -> dict[str, Any]:
+    """A whole row of ``table``: ``values``, and ``None`` for every other column."""
+    return {column.name: values.get(column.name) for column in table.columns}
 
 
 def mark_dispatched(conn: Connection, run_id: str) -> bool:
-    """Note that the run's chain reached the broker (not a status change, so no event)."""
+    """Note that the run's chain reached the broker (not a status change, so no event).
+
+    One statement: callers may run it on an autocommit connection.
+    """
     at = now()
     result = conn.execute(
         update(runs)
@@ -241,6 +257,8 @@ def claim_step(conn: Connection, run_id: str, step_id: str, task_id: str) -> Cla
 
     Also starts the run (``queued -> running``, ``run.started``) on its first claim.
     """
+    if _sql_functions(conn):
+        return _claim_step_sql(conn, run_id, step_id, task_id)
     current = _lock_run(conn, run_id)
     if current not in RUN_ACTIVE:
         return None
@@ -290,6 +308,25 @@ def claim_step(conn: Connection, run_id: str, step_id: str, task_id: str) -> Cla
     )
 
 
+_CLAIM_SQL = text(
+    "SELECT * FROM nofx_claim_step(:run_id, :step_id, :task_id, :at, CAST(:shard AS smallint))"
+).bindparams(bindparam("at", type_=UTCDateTime))
+
+
+def _claim_step_sql(conn: Connection, run_id: str, step_id: str,
+                    task_id: str) -> ClaimedStep | None:
+    at = now()
+    row = conn.execute(_CLAIM_SQL, {"run_id": run_id, "step_id": step_id, "task_id": task_id,
+                                    "at": at, "shard": counters.shard()}).first()
+    if row is None:
+        return None
+    return ClaimedStep(
+        id=step_id, run_id=run_id, index=row.o_position, name=row.o_name, tool=row.o_tool,
+        inputs=row.o_inputs, attempt=row.o_attempt, max_attempts=row.o_max_attempts,
+        timeout_s=row.o_timeout_s, started_at=at,
+    )
+
+
 def beat(conn: Connection, step_id: str, attempt: int) -> bool:
     """Refresh a running step's heartbeat; ``False`` means the attempt no longer holds it."""
     result = conn.execute(
@@ -309,6 +346,8 @@ def succeed_step(
     new_artifacts: Iterable[NewArtifact] = (),
 ) -> bool:
     """``running -> succeeded`` with outputs; the artifacts' rows and events come with it."""
+    if _sql_functions(conn):
+        return _succeed_step_sql(conn, run_id, step_id, attempt, outputs, new_artifacts)
     _lock_run(conn, run_id)
     at = now()
     row = conn.execute(
@@ -332,6 +371,36 @@ def succeed_step(
         _finish_if_all_succeeded(conn, run_id, tally)
     counters.bump(conn, tally)
     return True
+
+
+_SUCCEED_SQL = text(
+    "SELECT nofx_succeed_step(:run_id, :step_id, :attempt, :outputs, :artifacts, :at, "
+    "CAST(:shard AS smallint))"
+).bindparams(bindparam("outputs", type_=JSONB), bindparam("artifacts", type_=JSONB),
+             bindparam("at", type_=UTCDateTime))
+
+
+def _succeed_step_sql(conn: Connection, run_id: str, step_id: str, attempt: int,
+                      outputs: dict[str, Any], new_artifacts: Iterable[NewArtifact]) -> bool:
+    stored = [
+        {"id": a.id or new_id(), "name": a.name, "content_type": a.content_type,
+         "size": a.size, "sha256": a.sha256, "storage_key": a.storage_key}
+        for a in new_artifacts
+    ]
+    return bool(conn.execute(_SUCCEED_SQL, {
+        "run_id": run_id, "step_id": step_id, "attempt": attempt, "outputs": outputs,
+        "artifacts": stored, "at": now(), "shard": counters.shard(),
+    }).scalar())
+
+
+def one_statement(dialect: str) -> bool:
+    """Whether :func:`claim_step` and :func:`succeed_step` are one statement on ``dialect``
+    (so they may run on an autocommit connection, one round trip each)."""
+    return SQL_FUNCTIONS and dialect == "postgresql"
+
+
+def _sql_functions(conn: Connection) -> bool:
+    return one_statement(conn.dialect.name)
 
 
 def _insert_artifact(conn: Connection, run_id: str, step_id: str, a: NewArtifact) -> None:

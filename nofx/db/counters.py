@@ -45,10 +45,15 @@ def _upsert(insert: Any) -> Any:
 _UPSERT = {"postgresql": _upsert(pg_insert), "sqlite": _upsert(sqlite_insert)}
 
 
+def shard() -> int:
+    """The shard one transaction adds to."""
+    return random.randrange(SHARDS)
+
+
 def bump(conn: Connection, counts: Mapping[Key, int]) -> None:
     """Add ``counts`` in one statement (rows in a fixed order: no deadlock between writers)."""
-    shard = random.randrange(SHARDS)
-    rows = [{"name": name, "labels": labels, "shard": shard, "value": n}
+    into = shard()
+    rows = [{"name": name, "labels": labels, "shard": into, "value": n}
             for (name, labels), n in sorted(counts.items()) if n]
     if rows:
         conn.execute(_UPSERT[conn.dialect.name], rows)

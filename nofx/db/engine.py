@@ -96,6 +96,23 @@ def transaction(url: str | None = None) -> Iterator[Connection]:
         yield conn
 
 
+@contextmanager
+def autocommit(url: str | None = None) -> Iterator[Connection]:
+    """A connection on which each statement is its own transaction (no BEGIN, no COMMIT).
+
+    Only for work that is one statement: a Postgres function call, say, which runs
+    atomically in one round trip where ``transaction()`` costs three. On SQLite (one local
+    file, no round trips) it is simply a transaction.
+    """
+    engine = get_engine(url)
+    if engine.dialect.name == "sqlite":
+        with engine.begin() as conn:
+            yield conn
+        return
+    with engine.connect() as conn:
+        yield conn.execution_options(isolation_level="AUTOCOMMIT")
+
+
 def dispose_engines() -> None:
     """Close every pool; after fork, and on shutdown."""
     with _lock:

@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from nofx import status
 from nofx.status import POSITION
-from nofx.db.engine import transaction
+from nofx.db.engine import autocommit, transaction
 from nofx.db.models import steps
 from nofx.domain import StepStatus
 
@@ -67,7 +67,7 @@ def dispatch_run(run_id: str, links: Sequence[Link] | None = None) -> bool:
         log.warning("could not dispatch run; the reaper will send it", exc_info=True,
                     extra={"run_id": run_id})
         return False
-    with transaction() as conn:
+    with autocommit() as conn:  # one statement: one round trip
         status.mark_dispatched(conn, run_id)
     return True
 

@@ -40,7 +40,7 @@ def submit_run(plan: dict[str, Any], idempotency_key: str | None = None) -> tupl
     step_rows = _step_rows(plan)
     try:
         with transaction() as conn:
-            status.create_run(
+            run = status.create_run(
                 conn, run_id=run_id, goal=plan["goal"], plan=plan,
                 step_rows=step_rows, idempotency_key=idempotency_key,
                 request_hash=request_hash,
@@ -53,7 +53,9 @@ def submit_run(plan: dict[str, Any], idempotency_key: str | None = None) -> tupl
         return existing, False
     log.info("run created", extra={"run_id": run_id, "steps": len(plan["steps"])})
     dispatch.dispatch_run(run_id, [dispatch.Link.from_row(row) for row in step_rows])
-    return get_run(run_id), True
+    # Answered from the rows just written (a worker may have started it meanwhile; a read
+    # would show that too, a moment later: either is the run as it was).
+    return run, True
 
 
 def _replay(key: str, request_hash: str | None) -> dict | None:

@@ -24,12 +24,14 @@ RUN_STATUS_FOR = {S.QUEUED: RunStatus.QUEUED, S.RUNNING: RunStatus.RUNNING,
                   S.TIMED_OUT: RunStatus.FAILED, S.CANCELLED: RunStatus.CANCELLED}
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request, tmp_path) -> str:
+@pytest.fixture(params=["sqlite", "postgresql", "postgresql-python"])
+def db_url(request, tmp_path, monkeypatch) -> str:
+    """SQLite; Postgres with the claim and success as SQL functions; Postgres without them."""
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'status.db'}"
         upgrade(url)
         return url
+    monkeypatch.setattr(status, "SQL_FUNCTIONS", request.param == "postgresql")
     return request.getfixturevalue("database")
 
 

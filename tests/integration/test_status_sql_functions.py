@@ -1,0 +1,112 @@
+"""On Postgres a step's claim and success are SQL functions (migration 0003); the Python path
+is the reference. The same story told through each must leave the same rows behind."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from nofx import status
+from nofx.db.counters import totals
+from nofx.db.engine import get_engine
+from nofx.db.models import artifacts, events, runs, steps
+
+
+def _story(url: str) -> tuple[str, list[Any]]:
+    """Two steps, the second with two artifacts: claim, a refused early claim, successes,
+    a duplicate success, a claim after the end. Returns the run id and what each call said."""
+    run_id = status.new_id()
+    ids = [status.new_id(), status.new_id()]
+    with get_engine(url).begin() as conn:
+        status.create_run(conn, run_id=run_id, goal="g", plan={}, step_rows=[
+            {"id": sid, "index": i, "name": f"s{i}", "tool": "echo", "inputs": {"i": i},
+             "max_attempts": 2, "timeout_s": 5.0} for i, sid in enumerate(ids)])
+    results: list[Any] = []
+    with get_engine(url).begin() as conn:
+        results.append(status.claim_step(conn, run_id, ids[1], "t-early"))  # not yet: None
+        first = status.claim_step(conn, run_id, ids[0], "t-0")
+        results.append((first.index, first.name, first.tool, first.inputs, first.attempt,
+                        first.max_attempts, first.timeout_s))
+    with get_engine(url).begin() as conn:
+        results.append(status.succeed_step(conn, run_id, ids[0], 1, {"out": [1, "x", None]}))
+        results.append(status.succeed_step(conn, run_id, ids[0], 1, {"again": True}))  # False
+    with get_engine(url).begin() as conn:
+        second = status.claim_step(conn, run_id, ids[1], "t-1")
+        results.append((second.index, second.attempt, second.inputs))
+        results.append(status.succeed_step(conn, run_id, ids[1], 1, {"n": 2}, [
+            status.NewArtifact(name=f"a{n}.txt", content_type="text/plain", size=n,
+                               sha256=f"{n:064d}", storage_key=f"k/{n}", id=f"art-{n}")
+            for n in (1, 2)]))
+    with get_engine(url).begin() as conn:
+        results.append(status.claim_step(conn, run_id, ids[1], "t-late"))  # run ended: None
+    assert results[0] is None and results[3] is False and results[-1] is None
+    return run_id, results
+
+
+def _rows(url: str, run_id: str) -> dict[str, Any]:
+    """Everything the story wrote, with ids and times replaced by what can be compared."""
+    with get_engine(url).begin() as conn:
+        run = dict(conn.execute(select(runs).where(runs.c.id == run_id)).mappings().one())
+        step_rows = [dict(r) for r in conn.execute(
+            select(steps).where(steps.c.run_id == run_id).order_by(steps.c.index)).mappings()]
+        event_rows = [dict(r) for r in conn.execute(
+            select(events).where(events.c.run_id == run_id).order_by(events.c.id)).mappings()]
+        artifact_rows = [dict(r) for r in conn.execute(
+            select(artifacts).where(artifacts.c.run_id == run_id)
+            .order_by(artifacts.c.name)).mappings()]
+    step_index = {row["id"]: row["index"] for row in step_rows}
+
+    def plain(row: dict[str, Any]) -> dict[str, Any]:
+        out = {}
+        for key, value in row.items():
+            if key in ("id", "run_id") or key == "step_id" and value is None:
+                continue
+            if key == "step_id":
+                value = step_index[value]
+            elif isinstance(value, datetime):
+                value = "<time>"
+            elif key == "payload" and "duration_s" in value:
+                value = {**value, "duration_s": type(value["duration_s"]).__name__}
+            out[key] = value
+        return out
+
+    return {"run": plain(run), "steps": [plain(r) for r in step_rows],
+            "events": [plain(r) for r in event_rows],
+            "artifacts": [plain(r) | {"id": r["id"]} for r in artifact_rows]}
+
+
+def test_the_sql_functions_write_what_the_python_path_writes(database, monkeypatch):
+    told = {}
+    for sql_functions in (False, True):
+        monkeypatch.setattr(status, "SQL_FUNCTIONS", sql_functions)
+        with get_engine(database).begin() as conn:
+            before = totals(conn, "steps"), totals(conn, "runs")
+        run_id, results = _story(database)
+        with get_engine(database).begin() as conn:
+            after = totals(conn, "steps"), totals(conn, "runs")
+        counted = [{k: v - old.get(k, 0) for k, v in new.items() if v != old.get(k, 0)}
+                   for old, new in zip(before, after)]
+        told[sql_functions] = (results, _rows(database, run_id), counted)
+        # both stories name the same artifact ids (so they compare): free them for the next
+        with get_engine(database).begin() as conn:
+            conn.execute(artifacts.delete().where(artifacts.c.run_id == run_id))
+    assert told[True] == told[False]
+    results, rows, counted = told[True]
+    assert [e["type"] for e in rows["events"]] == [
+        "run.created", "run.started", "step.started", "step.finished", "step.started",
+        "artifact.created", "artifact.created", "step.finished", "run.finished"]
+    assert rows["run"]["status"] == "succeeded"
+    assert counted == [{"tool=echo,status=queued": 2, "tool=echo,status=running": 2,
+                        "tool=echo,status=succeeded": 2},
+                       {"status=queued": 1, "status=running": 1, "status=succeeded": 1}]
+
+
+@pytest.mark.parametrize("sql_functions", [False, True])
+def test_a_claim_of_a_missing_run_or_step_is_refused(database, monkeypatch, sql_functions):
+    monkeypatch.setattr(status, "SQL_FUNCTIONS", sql_functions)
+    with get_engine(database).begin() as conn:
+        assert status.claim_step(conn, status.new_id(), status.new_id(), "t") is None
+        assert status.succeed_step(conn, status.new_id(), status.new_id(), 1, {}) is False
