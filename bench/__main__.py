@@ -34,7 +34,7 @@ TINY: dict[str, Callable[[Bench], dict]] = {
         "10x1": scenarios.throughput(b, runs=10, steps_per_run=1, repeat=1),
         "2x5": scenarios.throughput(b, runs=2, steps_per_run=5, repeat=1),
     },
-    "api": lambda b: scenarios.api_latency(b, levels=(1, 4), requests=8),
+    "api": lambda b: scenarios.api_latency(b, levels=(1, 4), requests=8, repeat=1),
     "scale": lambda b: scenarios.scale(b, sizes=(100, 300), samples=2),
     "memory": lambda b: scenarios.memory(b, checkpoints=(5, 10)),
 }

@@ -11,10 +11,11 @@ a time and their ids grow in commit order (a reader resuming ``after=id`` misses
 Each also adds to the status counters behind ``/metrics`` (``nofx/db/counters.py``), once,
 at its end.
 
-A step's two hot transitions, its claim and its success, run on Postgres as one statement
-each: functions from migration 0003 that do exactly what the Python below does, statement
-for statement, without a round trip per statement (the transition tests hold both paths
-to the same table). ``SQL_FUNCTIONS = False`` makes Postgres take the Python path too.
+The three hot writes, a run's creation and a step's claim and success, are one statement
+each on Postgres: a data-modifying CTE for the creation and functions from migration 0003
+for the others, doing exactly what the Python below does, statement for statement, without
+a round trip per statement (tests hold both paths to the same rows). ``ONE_STATEMENT =
+False`` makes Postgres take the Python path too.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ from nofx.domain import RUN_ACTIVE, RUN_RESUMABLE, STEP_ACTIVE, RunStatus, StepS
 Q, R, OK = StepStatus.QUEUED, StepStatus.RUNNING, StepStatus.SUCCEEDED
 #: A step's ``index`` column, labelled so rows do not confuse it with ``tuple.index``.
 POSITION = steps.c.index.label("position")
-#: Claim and succeed through the Postgres functions of migration 0003 (one statement each).
-SQL_FUNCTIONS = True
+#: On Postgres, create a run, claim a step and succeed it in one statement each.
+ONE_STATEMENT = True
 
 
 def now() -> datetime:
@@ -140,13 +141,59 @@ def create_run(
              due_at=at if row["index"] == 0 else None)
         for row in step_rows
     ]
-    conn.execute(insert(runs).values(run))
-    conn.execute(insert(steps), written)
-    record(conn, run_id, None, "run.created", {"goal": goal, "steps": len(step_rows)})
-    tally = Counter({run_status(RunStatus.QUEUED): 1})
-    tally.update(step_status(row["tool"], Q) for row in step_rows)
-    counters.bump(conn, tally)
+    created = {"goal": goal, "steps": len(step_rows)}
+    if _one_statement(conn):
+        conn.execute(_CREATE_SQL, {
+            "run": {k: run[k] for k in _CREATE_RUN_KEYS},
+            "steps": [{k: row[k] for k in _CREATE_STEP_KEYS} for row in written],
+            "created": created, "at": at, "shard": counters.shard(),
+        })
+    else:
+        conn.execute(insert(runs).values(run))
+        conn.execute(insert(steps), written)
+        record(conn, run_id, None, "run.created", created)
+        tally = Counter({run_status(RunStatus.QUEUED): 1})
+        tally.update(step_status(row["tool"], Q) for row in step_rows)
+        counters.bump(conn, tally)
     return dict(run, steps=written, artifacts=[])
+
+
+_CREATE_RUN_KEYS = ("id", "status", "goal", "plan", "idempotency_key", "request_hash")
+_CREATE_STEP_KEYS = ("id", "run_id", "index", "name", "tool", "status", "inputs",
+                     "max_attempts", "timeout_s")
+#: ``create_run`` on Postgres: the run, its steps, ``run.created`` and the counters in one
+#: statement (foreign keys are checked at its end, when the run row exists).
+_CREATE_SQL = text("""
+WITH run AS (
+  INSERT INTO runs (id, status, goal, plan, idempotency_key, request_hash, created_at,
+                    updated_at)
+  SELECT r.id, r.status, r.goal, r.plan, r.idempotency_key, r.request_hash, :at, :at
+  FROM jsonb_to_record(:run) AS r(id text, status text, goal text, plan jsonb,
+                                  idempotency_key text, request_hash text)
+  RETURNING id
+), step AS (
+  INSERT INTO steps (id, run_id, index, name, tool, status, inputs, attempt, max_attempts,
+                     timeout_s, due_at, updated_at)
+  SELECT s.id, s.run_id, s.index, s.name, s.tool, s.status, s.inputs, 0, s.max_attempts,
+         s.timeout_s, CASE WHEN s.index = 0 THEN CAST(:at AS timestamptz) END, :at
+  FROM jsonb_to_recordset(:steps) AS s(id text, run_id text, index integer, name text,
+                                       tool text, status text, inputs jsonb,
+                                       max_attempts integer, timeout_s double precision)
+  RETURNING tool
+), event AS (
+  INSERT INTO events (run_id, step_id, type, payload, created_at)
+  SELECT id, NULL, 'run.created', :created, :at FROM run
+)
+INSERT INTO counters AS c (name, labels, shard, value)
+SELECT name, labels, CAST(:shard AS smallint), n FROM (
+  SELECT 'runs' AS name, 'status=queued' AS labels, 1 AS n FROM run
+  UNION ALL
+  SELECT 'steps', 'tool=' || tool || ',status=queued', count(*) FROM step GROUP BY tool
+) AS tally
+ORDER BY name, labels
+ON CONFLICT (name, labels, shard) DO UPDATE SET value = c.value + excluded.value
+""").bindparams(bindparam("run", type_=JSONB), bindparam("steps", type_=JSONB),
+                bindparam("created", type_=JSONB), bindparam("at", type_=UTCDateTime))
 
 
 def _row(table: Any, **values: Any) -> dict[str, Any]:
@@ -257,7 +304,7 @@ def claim_step(conn: Connection, run_id: str, step_id: str, task_id: str) -> Cla
 
     Also starts the run (``queued -> running``, ``run.started``) on its first claim.
     """
-    if _sql_functions(conn):
+    if _one_statement(conn):
         return _claim_step_sql(conn, run_id, step_id, task_id)
     current = _lock_run(conn, run_id)
     if current not in RUN_ACTIVE:
@@ -346,7 +393,7 @@ def succeed_step(
     new_artifacts: Iterable[NewArtifact] = (),
 ) -> bool:
     """``running -> succeeded`` with outputs; the artifacts' rows and events come with it."""
-    if _sql_functions(conn):
+    if _one_statement(conn):
         return _succeed_step_sql(conn, run_id, step_id, attempt, outputs, new_artifacts)
     _lock_run(conn, run_id)
     at = now()
@@ -394,12 +441,12 @@ def _succeed_step_sql(conn: Connection, run_id: str, step_id: str, attempt: int,
 
 
 def one_statement(dialect: str) -> bool:
-    """Whether :func:`claim_step` and :func:`succeed_step` are one statement on ``dialect``
-    (so they may run on an autocommit connection, one round trip each)."""
-    return SQL_FUNCTIONS and dialect == "postgresql"
+    """Whether :func:`create_run`, :func:`claim_step` and :func:`succeed_step` are one
+    statement on ``dialect`` (so they may run on an autocommit connection: one round trip)."""
+    return ONE_STATEMENT and dialect == "postgresql"
 
 
-def _sql_functions(conn: Connection) -> bool:
+def _one_statement(conn: Connection) -> bool:
     return one_statement(conn.dialect.name)
 
 

@@ -100,9 +100,9 @@ def transaction(url: str | None = None) -> Iterator[Connection]:
 def autocommit(url: str | None = None) -> Iterator[Connection]:
     """A connection on which each statement is its own transaction (no BEGIN, no COMMIT).
 
-    Only for work that is one statement: a Postgres function call, say, which runs
-    atomically in one round trip where ``transaction()`` costs three. On SQLite (one local
-    file, no round trips) it is simply a transaction.
+    Only for work that needs no transaction: one statement (a Postgres function call, say,
+    which runs atomically in one round trip where ``transaction()`` costs three), or reads.
+    On SQLite (one local file, no round trips) it is simply a transaction.
     """
     engine = get_engine(url)
     if engine.dialect.name == "sqlite":
@@ -111,6 +111,12 @@ def autocommit(url: str | None = None) -> Iterator[Connection]:
         return
     with engine.connect() as conn:
         yield conn.execution_options(isolation_level="AUTOCOMMIT")
+
+
+#: Reads need no transaction on Postgres: at READ COMMITTED each statement sees what was
+#: committed when it began, inside a transaction or not, and BEGIN and COMMIT would cost a
+#: round trip each. On SQLite a read is a transaction (one file, no round trips).
+reading = autocommit
 
 
 def dispose_engines() -> None:

@@ -32,9 +32,10 @@ log = logging.getLogger(__name__)
 
 
 @contextmanager
-def _transition() -> Iterator[Connection]:
-    """Where a claim or a success is written: one round trip on Postgres, where each is one
-    statement (a function call; see ``nofx/status.py``); a transaction elsewhere."""
+def transition() -> Iterator[Connection]:
+    """Where a run's creation, a claim or a success is written: an autocommit connection on
+    Postgres, where each is one statement (``nofx/status.py``), so one round trip; a
+    transaction elsewhere."""
     if status.one_statement(get_engine().dialect.name):
         with autocommit() as conn:
             yield conn
@@ -45,7 +46,7 @@ def _transition() -> Iterator[Connection]:
 
 def claim(run_id: str, step_id: str, task_id: str) -> status.ClaimedStep | None:
     """Take the step for one attempt, or ``None`` when it is not ours to run."""
-    with _transition() as conn:
+    with transition() as conn:
         return status.claim_step(conn, run_id, step_id, task_id)
 
 
@@ -81,7 +82,7 @@ def run_claimed(step: status.ClaimedStep) -> dict[str, Any]:
     with HEARTBEATS.holding(step):
         result = tool.run(inputs, ctx)
         stored = [store_artifact(step, artifact) for artifact in result.artifacts]
-    with _transition() as conn:
+    with transition() as conn:
         done = status.succeed_step(conn, step.run_id, step.id, step.attempt, result.outputs, stored)
     if not done:
         raise StepLost(f"step {step.id} attempt {step.attempt} was cancelled or reaped meanwhile")

@@ -14,11 +14,11 @@ from sqlalchemy.exc import IntegrityError
 
 from nofx import status
 from nofx.config import get_settings
-from nofx.db.engine import transaction
+from nofx.db.engine import reading, transaction
 from nofx.db.models import artifacts, events, runs, steps
 from nofx.domain import RUN_TERMINAL
 from nofx.errors import Conflict, NotFound
-from nofx.services import dispatch
+from nofx.services import dispatch, execute
 from nofx.tools import get_tool
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ def submit_run(plan: dict[str, Any], idempotency_key: str | None = None) -> tupl
     run_id = status.new_id()
     step_rows = _step_rows(plan)
     try:
-        with transaction() as conn:
+        with execute.transition() as conn:
             run = status.create_run(
                 conn, run_id=run_id, goal=plan["goal"], plan=plan,
                 step_rows=step_rows, idempotency_key=idempotency_key,
@@ -59,7 +59,7 @@ def submit_run(plan: dict[str, Any], idempotency_key: str | None = None) -> tupl
 
 
 def _replay(key: str, request_hash: str | None) -> dict | None:
-    with transaction() as conn:
+    with reading() as conn:
         row = conn.execute(
             select(runs.c.id, runs.c.request_hash).where(runs.c.idempotency_key == key)
         ).first()
@@ -98,7 +98,7 @@ def _step_rows(plan: dict[str, Any]) -> list[dict[str, Any]]:
 def get_run(run_id: str) -> dict[str, Any]:
     """A run with its steps (in plan order) and artifacts."""
     run_id = _known_id(run_id, "run")
-    with transaction() as conn:
+    with reading() as conn:
         run = conn.execute(select(runs).where(runs.c.id == run_id)).mappings().first()
         if run is None:
             raise NotFound(f"run {run_id} not found")
@@ -125,7 +125,7 @@ def list_runs(
             or_(runs.c.created_at < created_at,
                 and_(runs.c.created_at == created_at, runs.c.id < run_id))
         )
-    with transaction() as conn:
+    with reading() as conn:
         rows = [dict(r) for r in conn.execute(query).mappings().all()]
     page, more = rows[:limit], len(rows) > limit
     return page, ((page[-1]["created_at"], page[-1]["id"]) if more else None)
@@ -145,7 +145,7 @@ def poll_events(
     ``run.finished``, so when the status says "ended" the events read next include it.
     """
     run_id = _known_id(run_id, "run")
-    with transaction() as conn:
+    with reading() as conn:
         state = _require_run(conn, run_id)
         rows = conn.execute(
             select(events)
@@ -159,14 +159,14 @@ def poll_events(
 def require_run(run_id: str) -> None:
     """Raise :class:`NotFound` unless the run exists."""
     run_id = _known_id(run_id, "run")
-    with transaction() as conn:
+    with reading() as conn:
         _require_run(conn, run_id)
 
 
 def list_artifacts(run_id: str) -> list[dict[str, Any]]:
     """A run's artifacts, oldest first."""
     run_id = _known_id(run_id, "run")
-    with transaction() as conn:
+    with reading() as conn:
         _require_run(conn, run_id)
         rows = conn.execute(
             select(artifacts).where(artifacts.c.run_id == run_id)
@@ -178,7 +178,7 @@ def list_artifacts(run_id: str) -> list[dict[str, Any]]:
 def get_artifact(artifact_id: str) -> dict[str, Any]:
     """One artifact's row."""
     artifact_id = _known_id(artifact_id, "artifact")
-    with transaction() as conn:
+    with reading() as conn:
         row = conn.execute(select(artifacts).where(artifacts.c.id == artifact_id)).mappings().first()
     if row is None:
         raise NotFound(f"artifact {artifact_id} not found")

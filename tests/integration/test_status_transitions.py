@@ -26,12 +26,12 @@ RUN_STATUS_FOR = {S.QUEUED: RunStatus.QUEUED, S.RUNNING: RunStatus.RUNNING,
 
 @pytest.fixture(params=["sqlite", "postgresql", "postgresql-python"])
 def db_url(request, tmp_path, monkeypatch) -> str:
-    """SQLite; Postgres with the claim and success as SQL functions; Postgres without them."""
+    """SQLite; Postgres with its one-statement paths; Postgres with the Python path only."""
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'status.db'}"
         upgrade(url)
         return url
-    monkeypatch.setattr(status, "SQL_FUNCTIONS", request.param == "postgresql")
+    monkeypatch.setattr(status, "ONE_STATEMENT", request.param == "postgresql")
     return request.getfixturevalue("database")
 
 

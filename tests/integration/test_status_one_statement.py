@@ -1,5 +1,6 @@
-"""On Postgres a step's claim and success are SQL functions (migration 0003); the Python path
-is the reference. The same story told through each must leave the same rows behind."""
+"""On Postgres a run's creation and a step's claim and success are one statement each (a CTE,
+and the functions of migration 0003); the Python path is the reference. The same story told
+through each must leave the same rows behind."""
 
 from __future__ import annotations
 
@@ -78,10 +79,10 @@ def _rows(url: str, run_id: str) -> dict[str, Any]:
             "artifacts": [plain(r) | {"id": r["id"]} for r in artifact_rows]}
 
 
-def test_the_sql_functions_write_what_the_python_path_writes(database, monkeypatch):
+def test_the_one_statement_paths_write_what_the_python_path_writes(database, monkeypatch):
     told = {}
-    for sql_functions in (False, True):
-        monkeypatch.setattr(status, "SQL_FUNCTIONS", sql_functions)
+    for one_statement in (False, True):
+        monkeypatch.setattr(status, "ONE_STATEMENT", one_statement)
         with get_engine(database).begin() as conn:
             before = totals(conn, "steps"), totals(conn, "runs")
         run_id, results = _story(database)
@@ -89,7 +90,7 @@ def test_the_sql_functions_write_what_the_python_path_writes(database, monkeypat
             after = totals(conn, "steps"), totals(conn, "runs")
         counted = [{k: v - old.get(k, 0) for k, v in new.items() if v != old.get(k, 0)}
                    for old, new in zip(before, after)]
-        told[sql_functions] = (results, _rows(database, run_id), counted)
+        told[one_statement] = (results, _rows(database, run_id), counted)
         # both stories name the same artifact ids (so they compare): free them for the next
         with get_engine(database).begin() as conn:
             conn.execute(artifacts.delete().where(artifacts.c.run_id == run_id))
@@ -104,9 +105,9 @@ def test_the_sql_functions_write_what_the_python_path_writes(database, monkeypat
                        {"status=queued": 1, "status=running": 1, "status=succeeded": 1}]
 
 
-@pytest.mark.parametrize("sql_functions", [False, True])
-def test_a_claim_of_a_missing_run_or_step_is_refused(database, monkeypatch, sql_functions):
-    monkeypatch.setattr(status, "SQL_FUNCTIONS", sql_functions)
+@pytest.mark.parametrize("one_statement", [False, True])
+def test_a_claim_of_a_missing_run_or_step_is_refused(database, monkeypatch, one_statement):
+    monkeypatch.setattr(status, "ONE_STATEMENT", one_statement)
     with get_engine(database).begin() as conn:
         assert status.claim_step(conn, status.new_id(), status.new_id(), "t") is None
         assert status.succeed_step(conn, status.new_id(), status.new_id(), 1, {}) is False
