@@ -1,7 +1,20 @@
 """``python -m bench SCENARIO [--tiny]``: run benchmarks, print a table, write JSON results.
 
-Scenarios: chain, throughput, api, scale, memory, all. ``--tiny`` runs each in seconds
-(CI runs it so the harness never rots; its figures mean nothing).
+Scenarios (each beside bare Celery where there is a bare equivalent, in the same run):
+  chain       one run of 40 sequential 10 ms sleep steps, POST /runs -> run.finished,
+              beside a bare Celery chain of 40 x 10 ms tasks (7 interleaved repeats)
+  throughput  1,000 one-step and 100 ten-step echo runs drained from a full queue by one
+              worker (concurrency 2), beside as many bare no-op tasks drained the same way
+  api         POST /runs and GET /runs/{id} p50/p99 at 1, 8 and 32 clients (gunicorn,
+              one process per client), and at 8 with the worker draining the runs
+  scale       GET /runs/{id}, GET /runs?limit=50, /metrics and the reaper's query with
+              10k, 100k and 1M finished steps in Postgres, with each query's EXPLAIN
+  memory      API and worker resident memory after 1k and 10k runs
+  all         every one of them
+
+--tiny runs each in seconds (CI runs it so the harness never rots; its figures mean
+nothing). Needs Postgres and Redis (NOFX_BENCH_PG, NOFX_BENCH_REDIS_URL); see
+docs/benchmarks.md for the machine the published figures come from.
 """
 
 from __future__ import annotations
@@ -19,7 +32,7 @@ from bench.harness import Bench, machine
 RESULTS = Path(__file__).resolve().parent / "results"
 
 FULL: dict[str, Callable[[Bench], dict]] = {
-    "chain": lambda b: scenarios.chain_latency(b, repeat=5),
+    "chain": lambda b: scenarios.chain_latency(b, repeat=7),
     "throughput": lambda b: {
         "1000x1": scenarios.throughput(b, runs=1000, steps_per_run=1, repeat=3),
         "100x10": scenarios.throughput(b, runs=100, steps_per_run=10, repeat=3),

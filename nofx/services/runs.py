@@ -9,7 +9,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, or_, select
+from sqlalchemy import Connection, and_, bindparam, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from nofx import status
@@ -95,21 +95,31 @@ def _step_rows(plan: dict[str, Any]) -> list[dict[str, Any]]:
 # -- reading -------------------------------------------------------------------------------
 
 
+#: A run and its steps in one statement (one snapshot: the run's status and its steps' agree).
+_RUN_WITH_STEPS = (
+    select(*[c.label(f"run_{c.name}") for c in runs.c],
+           *[c.label(f"step_{c.name}") for c in steps.c])
+    .select_from(runs.outerjoin(steps, steps.c.run_id == runs.c.id))
+    .where(runs.c.id == bindparam("run_id"))
+    .order_by(steps.c.index)
+)
+
+
 def get_run(run_id: str) -> dict[str, Any]:
     """A run with its steps (in plan order) and artifacts."""
     run_id = _known_id(run_id, "run")
     with reading() as conn:
-        run = conn.execute(select(runs).where(runs.c.id == run_id)).mappings().first()
-        if run is None:
+        rows = conn.execute(_RUN_WITH_STEPS, {"run_id": run_id}).mappings().all()
+        if not rows:
             raise NotFound(f"run {run_id} not found")
-        step_rows = conn.execute(
-            select(steps).where(steps.c.run_id == run_id).order_by(steps.c.index)
-        ).mappings().all()
         artifact_rows = conn.execute(
             select(artifacts).where(artifacts.c.run_id == run_id)
             .order_by(artifacts.c.created_at, artifacts.c.id)
         ).mappings().all()
-    return dict(run, steps=[dict(s) for s in step_rows], artifacts=[dict(a) for a in artifact_rows])
+    run = {c.name: rows[0][f"run_{c.name}"] for c in runs.c}
+    step_rows = [{c.name: row[f"step_{c.name}"] for c in steps.c}
+                 for row in rows if row["step_id"] is not None]
+    return dict(run, steps=step_rows, artifacts=[dict(a) for a in artifact_rows])
 
 
 def list_runs(

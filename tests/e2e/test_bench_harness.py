@@ -28,5 +28,5 @@ def test_every_benchmark_scenario_runs_and_writes_its_figures(tmp_path, services
     chain = json.loads((tmp_path / "chain-tiny.json").read_text())["figures"]
     assert chain["nofx_s"] > 0 and chain["bare_s"] > 0
     scale = json.loads((tmp_path / "scale-tiny.json").read_text())["figures"]
-    assert set(scale["steps_300"]["explain"]) == {"get_run_steps", "list_runs", "reaper_running",
+    assert set(scale["steps_300"]["explain"]) == {"get_run", "list_runs", "reaper_running",
                                                   "metrics_running"}

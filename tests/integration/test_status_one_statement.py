@@ -111,3 +111,37 @@ def test_a_claim_of_a_missing_run_or_step_is_refused(database, monkeypatch, one_
     with get_engine(database).begin() as conn:
         assert status.claim_step(conn, status.new_id(), status.new_id(), "t") is None
         assert status.succeed_step(conn, status.new_id(), status.new_id(), 1, {}) is False
+
+
+def test_migration_0003_adds_and_removes_the_functions():
+    """Upgrade, downgrade and upgrade again on a database of its own."""
+    from alembic import command
+    from sqlalchemy import create_engine, text
+
+    from nofx.db.migrate import alembic_config, upgrade
+    from tests.conftest import PG_SERVER
+
+    name = f"nofx_mig_{status.new_id()[:8]}"
+    admin = create_engine(f"{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = f"{PG_SERVER}/{name}"
+    engine = create_engine(url)
+
+    def functions() -> set[str]:
+        with engine.connect() as conn:
+            return set(conn.execute(text(
+                "SELECT proname FROM pg_proc WHERE proname LIKE 'nofx\\_%'")).scalars())
+
+    try:
+        upgrade(url)
+        assert functions() == {"nofx_claim_step", "nofx_succeed_step"}
+        command.downgrade(alembic_config(url), "0002")
+        assert functions() == set()
+        upgrade(url)
+        assert functions() == {"nofx_claim_step", "nofx_succeed_step"}
+    finally:
+        engine.dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
