@@ -8,8 +8,8 @@ import multiprocessing
 import platform
 import time
 import uuid
-from functools import partial
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
@@ -212,7 +212,7 @@ def _timed_requests(bench: Bench, clients: int, requests: int, body: dict) -> tu
 
 def _client_loop(url: str, payload: bytes, n: int) -> tuple[list[float], list[float]]:
     parts = urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=60)
     headers = {"Content-Type": "application/json"}
     post: list[float] = []
     get: list[float] = []

@@ -22,15 +22,17 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from sqlalchemy import Connection, bindparam, exists, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import JSONB
 
 from nofx.db import counters
 from nofx.db.counters import Tally, run_status, step_status
+from nofx.db.engine import autocommit, get_engine, transaction
 from nofx.db.models import UTCDateTime, artifacts, events, runs, steps
 from nofx.domain import RUN_ACTIVE, RUN_RESUMABLE, STEP_ACTIVE, RunStatus, StepStatus
 
@@ -444,6 +446,19 @@ def one_statement(dialect: str) -> bool:
     """Whether :func:`create_run`, :func:`claim_step` and :func:`succeed_step` are one
     statement on ``dialect`` (so they may run on an autocommit connection: one round trip)."""
     return ONE_STATEMENT and dialect == "postgresql"
+
+
+@contextmanager
+def write_connection() -> Iterator[Connection]:
+    """The connection for :func:`create_run`, :func:`claim_step` and :func:`succeed_step`:
+    autocommit on Postgres, where each is one statement (one round trip); a transaction
+    elsewhere."""
+    if one_statement(get_engine().dialect.name):
+        with autocommit() as conn:
+            yield conn
+    else:
+        with transaction() as conn:
+            yield conn
 
 
 def _one_statement(conn: Connection) -> bool:

@@ -18,10 +18,10 @@ from celery import chain
 from sqlalchemy import select
 
 from nofx import status
-from nofx.status import POSITION
 from nofx.db.engine import autocommit, transaction
 from nofx.db.models import steps
 from nofx.domain import StepStatus
+from nofx.status import POSITION
 
 log = logging.getLogger(__name__)
 

@@ -15,11 +15,11 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 from celery.exceptions import SoftTimeLimitExceeded
-from sqlalchemy import Connection, select
+from sqlalchemy import select
 
 from nofx import adapters, status
 from nofx.config import get_settings
-from nofx.db.engine import autocommit, get_engine, transaction
+from nofx.db.engine import transaction
 from nofx.db.models import steps
 from nofx.domain import StepStatus
 from nofx.errors import PermanentToolError, StepLost, ToolError
@@ -31,22 +31,9 @@ from nofx.tools import Artifact, ToolContext, get_tool
 log = logging.getLogger(__name__)
 
 
-@contextmanager
-def transition() -> Iterator[Connection]:
-    """Where a run's creation, a claim or a success is written: an autocommit connection on
-    Postgres, where each is one statement (``nofx/status.py``), so one round trip; a
-    transaction elsewhere."""
-    if status.one_statement(get_engine().dialect.name):
-        with autocommit() as conn:
-            yield conn
-    else:
-        with transaction() as conn:
-            yield conn
-
-
 def claim(run_id: str, step_id: str, task_id: str) -> status.ClaimedStep | None:
     """Take the step for one attempt, or ``None`` when it is not ours to run."""
-    with transition() as conn:
+    with status.write_connection() as conn:
         return status.claim_step(conn, run_id, step_id, task_id)
 
 
@@ -82,7 +69,7 @@ def run_claimed(step: status.ClaimedStep) -> dict[str, Any]:
     with HEARTBEATS.holding(step):
         result = tool.run(inputs, ctx)
         stored = [store_artifact(step, artifact) for artifact in result.artifacts]
-    with transition() as conn:
+    with status.write_connection() as conn:
         done = status.succeed_step(conn, step.run_id, step.id, step.attempt, result.outputs, stored)
     if not done:
         raise StepLost(f"step {step.id} attempt {step.attempt} was cancelled or reaped meanwhile")

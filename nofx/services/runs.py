@@ -18,7 +18,7 @@ from nofx.db.engine import reading, transaction
 from nofx.db.models import artifacts, events, runs, steps
 from nofx.domain import RUN_TERMINAL
 from nofx.errors import Conflict, NotFound
-from nofx.services import dispatch, execute
+from nofx.services import dispatch
 from nofx.tools import get_tool
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ def submit_run(plan: dict[str, Any], idempotency_key: str | None = None) -> tupl
     run_id = status.new_id()
     step_rows = _step_rows(plan)
     try:
-        with execute.transition() as conn:
+        with status.write_connection() as conn:
             run = status.create_run(
                 conn, run_id=run_id, goal=plan["goal"], plan=plan,
                 step_rows=step_rows, idempotency_key=idempotency_key,

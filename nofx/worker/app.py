@@ -70,6 +70,22 @@ def _log_start(sender: str, instance: Any = None, **_: Any) -> None:
     })
 
 
+@signals.worker_ready.connect
+def _check_schema(**_: Any) -> None:
+    """Say loudly when the database is behind: every claim would fail until it is upgraded."""
+    from nofx.db.engine import get_engine
+    from nofx.db.migrate import behind
+
+    try:
+        with get_engine().connect() as conn:
+            problem = behind(conn)
+    except Exception:  # the database is down: the steps' own errors will say so
+        log.warning("could not check the database schema", exc_info=True)
+        return
+    if problem:
+        log.error("%s; steps cannot run until then", problem)
+
+
 @signals.worker_init.connect
 def _start_metrics(sender: Any = None, **_: Any) -> None:
     # In the main process, before the pool forks: children inherit the metrics directory.

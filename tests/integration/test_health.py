@@ -8,7 +8,8 @@ import time
 
 import httpx
 
-from nofx.config import get_settings
+from nofx.config import get_settings, reset_settings
+from nofx.db.migrate import head, upgrade
 from nofx.services import reaper
 from tests.conftest import SESSION
 from tests.support.ops import private_redis
@@ -33,6 +34,27 @@ def test_detailed_health_is_200_when_every_dependency_answers(client, worker):
     assert any(name.startswith(f"worker-{SESSION}@") for name in body["checks"]["workers"]["workers"])
     assert body["checks"]["workers"]["target"] == f"queue {get_settings().queue}"
     assert body["checks"]["reaper"]["last_run_age_s"] < 5
+    assert body["checks"]["database"]["schema"] == head()
+
+
+def test_a_database_behind_the_code_fails_the_database_check_and_says_what_to_run(
+        client, tmp_path, monkeypatch):
+    # given a database two migrations behind (SQLite: the check reads alembic's revision)
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    upgrade(url, revision="0001")
+    monkeypatch.setenv("NOFX_DATABASE_URL", url)
+    reset_settings()
+    try:
+        # when health asks
+        check = client.get("/health/detailed").get_json()["checks"]["database"]
+    finally:
+        monkeypatch.undo()
+        reset_settings()
+
+    # then the database check fails and names the fix
+    assert check["ok"] is False
+    assert f"schema is at 0001, this NOFX needs {head()}" in check["error"]
+    assert "nofx db upgrade" in check["error"]
 
 
 def test_with_redis_stopped_detailed_health_answers_503_within_three_seconds_naming_the_broker(
@@ -89,3 +111,25 @@ def test_a_hanging_broker_does_not_hang_detailed_health(stack_env, logs_dir):
         finally:
             os.kill(redis.pid, signal.SIGCONT)
             api.stop()
+
+
+def test_a_worker_starting_on_a_database_behind_the_code_logs_an_error(
+        tmp_path, monkeypatch, caplog):
+    from nofx.worker.app import _check_schema
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    upgrade(url, revision="0002")
+    monkeypatch.setenv("NOFX_DATABASE_URL", url)
+    reset_settings()
+    try:
+        _check_schema()
+        upgrade(url)
+        _check_schema()  # at head: nothing more to say
+    finally:
+        monkeypatch.undo()
+        reset_settings()
+
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert [r.getMessage() for r in errors] == [
+        f"the database schema is at 0002, this NOFX needs {head()}: run `nofx db upgrade`; "
+        "steps cannot run until then"]

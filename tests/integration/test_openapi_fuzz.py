@@ -20,9 +20,9 @@ from typing import Any, Iterator
 
 import pytest
 import schemathesis
-from schemathesis.config import SchemathesisConfig
 from hypothesis import HealthCheck, assume, settings
 from hypothesis import strategies as st
+from schemathesis.config import SchemathesisConfig
 from sqlalchemy import select
 
 from nofx.api import create_app
