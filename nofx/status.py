@@ -192,7 +192,7 @@ SELECT name, labels, CAST(:shard AS smallint), n FROM (
   UNION ALL
   SELECT 'steps', 'tool=' || tool || ',status=queued', count(*) FROM step GROUP BY tool
 ) AS tally
-ORDER BY name, labels
+ORDER BY name COLLATE "C", labels COLLATE "C"  -- Python's order (counters.bump): no deadlock
 ON CONFLICT (name, labels, shard) DO UPDATE SET value = c.value + excluded.value
 """).bindparams(bindparam("run", type_=JSONB), bindparam("steps", type_=JSONB),
                 bindparam("created", type_=JSONB), bindparam("at", type_=UTCDateTime))

@@ -17,14 +17,15 @@ from nofx.db.models import artifacts, events, runs, steps
 
 
 def _story(url: str) -> tuple[str, list[Any]]:
-    """Two steps, the second with two artifacts: claim, a refused early claim, successes,
+    """Two steps of two tools, the second with two artifacts: claim, a refused early claim, successes,
     a duplicate success, a claim after the end. Returns the run id and what each call said."""
     run_id = status.new_id()
     ids = [status.new_id(), status.new_id()]
     with get_engine(url).begin() as conn:
         status.create_run(conn, run_id=run_id, goal="g", plan={}, step_rows=[
-            {"id": sid, "index": i, "name": f"s{i}", "tool": "echo", "inputs": {"i": i},
-             "max_attempts": 2, "timeout_s": 5.0} for i, sid in enumerate(ids)])
+            {"id": sid, "index": i, "name": f"s{i}", "tool": tool, "inputs": {"i": i},
+             "max_attempts": 2, "timeout_s": 5.0}
+            for i, (sid, tool) in enumerate(zip(ids, ("echo", "sleep")))])
     results: list[Any] = []
     with get_engine(url).begin() as conn:
         results.append(status.claim_step(conn, run_id, ids[1], "t-early"))  # not yet: None
@@ -100,8 +101,9 @@ def test_the_one_statement_paths_write_what_the_python_path_writes(database, mon
         "run.created", "run.started", "step.started", "step.finished", "step.started",
         "artifact.created", "artifact.created", "step.finished", "run.finished"]
     assert rows["run"]["status"] == "succeeded"
-    assert counted == [{"tool=echo,status=queued": 2, "tool=echo,status=running": 2,
-                        "tool=echo,status=succeeded": 2},
+    assert counted == [{"tool=echo,status=queued": 1, "tool=echo,status=running": 1,
+                        "tool=echo,status=succeeded": 1, "tool=sleep,status=queued": 1,
+                        "tool=sleep,status=running": 1, "tool=sleep,status=succeeded": 1},
                        {"status=queued": 1, "status=running": 1, "status=succeeded": 1}]
 
 
