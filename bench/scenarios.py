@@ -133,11 +133,17 @@ def throughput(bench: Bench, runs: int = 1000, steps_per_run: int = 1, repeat: i
         ended = wait_until(done, timeout=1800, interval=0.2, what="all NOFX runs")
         return total / (float(ended) - draining), runs / submitted  # type: ignore[arg-type]
 
-    def bare_once() -> float:
+    def bare_once(chained: bool = False) -> float:
         key = f"bench:{uuid.uuid4().hex}"
-        resume = _pause(bench.env["BARE_QUEUE"], bare_worker)
-        for _ in range(total):
-            noop.apply_async((key,), queue=bench.env["BARE_QUEUE"])
+        queue = bench.env["BARE_QUEUE"]
+        resume = _pause(queue, bare_worker)
+        if chained:  # as NOFX sends them: a chain a run, each task sending the next
+            for _ in range(runs):
+                chain(*[noop.si(key).set(queue=queue)
+                        for _ in range(steps_per_run)]).apply_async()
+        else:
+            for _ in range(total):
+                noop.apply_async((key,), queue=queue)
         draining = time.time()
         resume()
         wait_until(lambda: int(store.get(key) or 0) >= total, timeout=1800, interval=0.01,
@@ -146,13 +152,15 @@ def throughput(bench: Bench, runs: int = 1000, steps_per_run: int = 1, repeat: i
         store.delete(key)
         return total / elapsed
 
-    nofx, bare, submit = [], [], []
+    nofx, bare, chained, submit = [], [], [], []
     for _ in range(repeat):
         rate, submit_rate = nofx_once()
         nofx.append(rate)
         submit.append(submit_rate)
         bare.append(bare_once())
-    return {
+        if steps_per_run > 1:
+            chained.append(bare_once(chained=True))
+    figures = {
         "runs": runs, "steps_per_run": steps_per_run, "steps": total, "repeat": repeat,
         "submit_clients": clients,
         "nofx_steps_per_s": round(median(nofx), 1), "bare_tasks_per_s": round(median(bare), 1),
@@ -160,6 +168,13 @@ def throughput(bench: Bench, runs: int = 1000, steps_per_run: int = 1, repeat: i
         "nofx_submit_runs_per_s": round(median(submit), 1),
         "nofx_all": [round(v, 1) for v in nofx], "bare_all": [round(v, 1) for v in bare],
     }
+    if chained:  # not the target's baseline: how much of the gap is Celery's chaining
+        figures.update({
+            "bare_chained_tasks_per_s": round(median(chained), 1),
+            "ratio_to_bare_chains": round(median(nofx) / median(chained), 3),
+            "bare_chained_all": [round(v, 1) for v in chained],
+        })
+    return figures
 
 
 # -- 3. API latency ------------------------------------------------------------------------
