@@ -101,7 +101,16 @@ def worker(ctx: click.Context) -> None:
 def bench(ctx: click.Context) -> None:
     """Run a benchmark from a checkout: nofx bench chain|throughput|api|scale|memory|all [--tiny].
 
-    Same as `python -m bench ...`; results go to bench/results/ (see docs/benchmarks.md).
+    \b
+    chain       40 x 10 ms steps over HTTP, beside a bare Celery chain
+    throughput  1,000 one-step and 100 ten-step runs drained by one worker, beside bare no-ops
+    api         POST /runs and GET /runs/{id} p50/p99 at 1, 8 and 32 clients
+    scale       reads and the reaper's query with 10k, 100k and 1M steps, with EXPLAIN
+    memory      API and worker memory after 1k and 10k runs
+
+    Same as `python -m bench ...` (whose --help says how each measures); results go to
+    bench/results/, published figures and the machine in docs/benchmarks.md. --tiny runs
+    each in seconds.
     """
     try:
         from bench.__main__ import main as bench_main
