@@ -32,7 +32,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 
 from nofx.db import counters
 from nofx.db.counters import Tally, run_status, step_status
-from nofx.db.engine import autocommit, get_engine, transaction
+from nofx.db.engine import autocommit, transaction
 from nofx.db.models import UTCDateTime, artifacts, events, runs, steps
 from nofx.domain import RUN_ACTIVE, RUN_RESUMABLE, STEP_ACTIVE, RunStatus, StepStatus
 
@@ -452,13 +452,9 @@ def one_statement(dialect: str) -> bool:
 def write_connection() -> Iterator[Connection]:
     """The connection for :func:`create_run`, :func:`claim_step` and :func:`succeed_step`:
     autocommit on Postgres, where each is one statement (one round trip); a transaction
-    elsewhere."""
-    if one_statement(get_engine().dialect.name):
-        with autocommit() as conn:
-            yield conn
-    else:
-        with transaction() as conn:
-            yield conn
+    elsewhere (``autocommit()`` is one on SQLite)."""
+    with (autocommit() if ONE_STATEMENT else transaction()) as conn:
+        yield conn
 
 
 def _one_statement(conn: Connection) -> bool:

@@ -8,10 +8,11 @@ import time
 
 import httpx
 
-from nofx.config import get_settings, reset_settings
+from nofx.config import get_settings
 from nofx.db.migrate import head, upgrade
 from nofx.services import reaper
 from tests.conftest import SESSION
+from tests.support.api import settings_env
 from tests.support.ops import private_redis
 from tests.support.procs import start_api
 
@@ -38,18 +39,13 @@ def test_detailed_health_is_200_when_every_dependency_answers(client, worker):
 
 
 def test_a_database_behind_the_code_fails_the_database_check_and_says_what_to_run(
-        client, tmp_path, monkeypatch):
+        client, tmp_path):
     # given a database two migrations behind (SQLite: the check reads alembic's revision)
     url = f"sqlite:///{tmp_path / 'old.db'}"
     upgrade(url, revision="0001")
-    monkeypatch.setenv("NOFX_DATABASE_URL", url)
-    reset_settings()
-    try:
+    with settings_env(NOFX_DATABASE_URL=url):
         # when health asks
         check = client.get("/health/detailed").get_json()["checks"]["database"]
-    finally:
-        monkeypatch.undo()
-        reset_settings()
 
     # then the database check fails and names the fix
     assert check["ok"] is False
@@ -113,21 +109,15 @@ def test_a_hanging_broker_does_not_hang_detailed_health(stack_env, logs_dir):
             api.stop()
 
 
-def test_a_worker_starting_on_a_database_behind_the_code_logs_an_error(
-        tmp_path, monkeypatch, caplog):
+def test_a_worker_starting_on_a_database_behind_the_code_logs_an_error(tmp_path, caplog):
     from nofx.worker.app import _check_schema
 
     url = f"sqlite:///{tmp_path / 'old.db'}"
     upgrade(url, revision="0002")
-    monkeypatch.setenv("NOFX_DATABASE_URL", url)
-    reset_settings()
-    try:
+    with settings_env(NOFX_DATABASE_URL=url):
         _check_schema()
         upgrade(url)
         _check_schema()  # at head: nothing more to say
-    finally:
-        monkeypatch.undo()
-        reset_settings()
 
     errors = [r for r in caplog.records if r.levelname == "ERROR"]
     assert [r.getMessage() for r in errors] == [
