@@ -28,11 +28,12 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable, Iterator, Sequence
 
 from sqlalchemy import Connection, bindparam, exists, func, insert, select, text, update
+from psycopg.types.json import Jsonb
 from sqlalchemy.dialects.postgresql import JSONB
 
 from nofx.db import counters
 from nofx.db.counters import Tally, run_status, step_status
-from nofx.db.engine import autocommit, transaction
+from nofx.db.engine import autocommit, fetch_one_by_driver, transaction
 from nofx.db.models import UTCDateTime, artifacts, events, runs, steps
 from nofx.domain import RUN_ACTIVE, RUN_RESUMABLE, STEP_ACTIVE, RunStatus, StepStatus
 
@@ -357,22 +358,21 @@ def claim_step(conn: Connection, run_id: str, step_id: str, task_id: str) -> Cla
     )
 
 
-_CLAIM_SQL = text(
-    "SELECT * FROM nofx_claim_step(:run_id, :step_id, :task_id, :at, CAST(:shard AS smallint))"
-).bindparams(bindparam("at", type_=UTCDateTime))
+#: Sent through the driver (``fetch_one_by_driver``): the worker's two statements a step.
+_CLAIM_SQL = "SELECT * FROM nofx_claim_step(%s, %s, %s, %s, %s::smallint)"
 
 
 def _claim_step_sql(conn: Connection, run_id: str, step_id: str,
                     task_id: str) -> ClaimedStep | None:
     at = now()
-    row = conn.execute(_CLAIM_SQL, {"run_id": run_id, "step_id": step_id, "task_id": task_id,
-                                    "at": at, "shard": counters.shard()}).first()
+    row = fetch_one_by_driver(conn, _CLAIM_SQL,
+                              (run_id, step_id, task_id, at, counters.shard()))
     if row is None:
         return None
+    position, name, tool, inputs, attempt, max_attempts, timeout_s = row
     return ClaimedStep(
-        id=step_id, run_id=run_id, index=row.o_position, name=row.o_name, tool=row.o_tool,
-        inputs=row.o_inputs, attempt=row.o_attempt, max_attempts=row.o_max_attempts,
-        timeout_s=row.o_timeout_s, started_at=at,
+        id=step_id, run_id=run_id, index=position, name=name, tool=tool, inputs=inputs,
+        attempt=attempt, max_attempts=max_attempts, timeout_s=timeout_s, started_at=at,
     )
 
 
@@ -422,11 +422,7 @@ def succeed_step(
     return True
 
 
-_SUCCEED_SQL = text(
-    "SELECT nofx_succeed_step(:run_id, :step_id, :attempt, :outputs, :artifacts, :at, "
-    "CAST(:shard AS smallint))"
-).bindparams(bindparam("outputs", type_=JSONB), bindparam("artifacts", type_=JSONB),
-             bindparam("at", type_=UTCDateTime))
+_SUCCEED_SQL = "SELECT nofx_succeed_step(%s, %s, %s, %s, %s, %s, %s::smallint)"
 
 
 def _succeed_step_sql(conn: Connection, run_id: str, step_id: str, attempt: int,
@@ -436,10 +432,10 @@ def _succeed_step_sql(conn: Connection, run_id: str, step_id: str, attempt: int,
          "size": a.size, "sha256": a.sha256, "storage_key": a.storage_key}
         for a in new_artifacts
     ]
-    return bool(conn.execute(_SUCCEED_SQL, {
-        "run_id": run_id, "step_id": step_id, "attempt": attempt, "outputs": outputs,
-        "artifacts": stored, "at": now(), "shard": counters.shard(),
-    }).scalar())
+    row = fetch_one_by_driver(conn, _SUCCEED_SQL, (
+        run_id, step_id, attempt, Jsonb(outputs), Jsonb(stored), now(), counters.shard(),
+    ))
+    return bool(row[0])
 
 
 def one_statement(dialect: str) -> bool:

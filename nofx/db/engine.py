@@ -113,6 +113,31 @@ def autocommit(url: str | None = None) -> Iterator[Connection]:
         yield conn.execution_options(isolation_level="AUTOCOMMIT")
 
 
+def fetch_one_by_driver(conn: Connection, sql: str, params: tuple[Any, ...]) -> Any:
+    """Send ``sql`` (``%s`` placeholders) straight through ``conn``'s driver; its first row.
+
+    For the few fixed statements on a worker's hot path (a step's claim and success), whose
+    one row is read by position: SQLAlchemy's execution context and result set up cost as
+    much client time as psycopg itself there (docs/benchmarks.md). The connection stays
+    SQLAlchemy's (pooled, in whatever transaction or autocommit mode it is in), and errors
+    come out as they would from ``conn.execute``: wrapped in a ``DBAPIError``, and a
+    connection found dead is invalidated so the pool does not hand it out again.
+    """
+    dbapi = conn.connection.dbapi_connection
+    try:
+        with dbapi.cursor() as cursor:  # type: ignore[union-attr]
+            cursor.execute(sql, params)
+            return cursor.fetchone()
+    except conn.dialect.loaded_dbapi.Error as error:
+        dead = conn.dialect.is_disconnect(error, dbapi, None)
+        if dead:
+            conn.invalidate(error)
+        raise exc.DBAPIError.instance(
+            sql, params, error, conn.dialect.loaded_dbapi.Error,
+            connection_invalidated=dead, dialect=conn.dialect,
+        ) from error
+
+
 #: Reads need no transaction on Postgres: at READ COMMITTED each statement sees what was
 #: committed when it began, inside a transaction or not, and BEGIN and COMMIT would cost a
 #: round trip each. On SQLite a read is a transaction (one file, no round trips).
