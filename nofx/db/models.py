@@ -126,7 +126,6 @@ steps = Table(
         postgresql_where=text("status = 'queued' AND due_at IS NOT NULL"),
         sqlite_where=text("status = 'queued' AND due_at IS NOT NULL"),
     ),
-    Index("ix_steps_tool_status", "tool", "status"),
 )
 
 events = Table(
@@ -139,7 +138,6 @@ events = Table(
     Column("payload", JSONType, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     Index("ix_events_run_id", "run_id", "id"),
-    Index("ix_events_type", "type", "id"),
 )
 
 artifacts = Table(

@@ -1,0 +1,34 @@
+"""drop two indexes no query reads
+
+Revision ID: 0004
+Revises: 0003
+Create Date: 2026-11-29 22:30:00
+
+``ix_steps_tool_status`` and ``ix_events_type`` served status totals computed with
+``GROUP BY`` before migration 0002 made them counters; no statement NOFX sends has used
+them since (the running-step gauges read the partial index ``ix_steps_running``). Every
+step transition still paid for them: each status change of a step is a non-HOT update
+that adds an entry to every index on ``steps``, and every event adds one to every index
+on ``events`` (docs/benchmarks.md).
+"""
+
+from alembic import op
+
+revision = '0004'
+down_revision = '0003'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table('steps', schema=None) as batch_op:
+        batch_op.drop_index('ix_steps_tool_status')
+    with op.batch_alter_table('events', schema=None) as batch_op:
+        batch_op.drop_index('ix_events_type')
+
+
+def downgrade() -> None:
+    with op.batch_alter_table('events', schema=None) as batch_op:
+        batch_op.create_index('ix_events_type', ['type', 'id'], unique=False)
+    with op.batch_alter_table('steps', schema=None) as batch_op:
+        batch_op.create_index('ix_steps_tool_status', ['tool', 'status'], unique=False)
