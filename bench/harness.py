@@ -98,6 +98,23 @@ class Bench:
         procs = [root, *root.children(recursive=True)]
         return round(sum(p.memory_info().rss for p in procs if p.is_running()) / 2**20, 1)
 
+    def cpu_seconds(self, worker: str) -> dict[str, float]:
+        """CPU time (user + system) used so far by what a drain keeps busy: the worker's main
+        process, its pool, the Postgres backends of this bench's database, and Redis (shared
+        with the bench's own polling). Diff two readings to get a window's share."""
+        main = psutil.Process(self.procs[worker].pid)
+        groups: dict[str, list[psutil.Process]] = {
+            "worker_main": [main], "worker_pool": main.children(recursive=True),
+            "postgres_backends": [], "redis": [],
+        }
+        for proc in psutil.process_iter(["name", "cmdline"]):
+            command = " ".join(proc.info["cmdline"] or [])
+            if proc.info["name"] == "redis-server":
+                groups["redis"].append(proc)
+            elif command.startswith("postgres:") and f" {self.database} " in command:
+                groups["postgres_backends"].append(proc)
+        return {name: sum(_cpu(p) for p in procs) for name, procs in groups.items()}
+
     def sql(self, statement: str, **params: Any) -> Any:
         """Run one statement on the bench's database (one pooled connection: polling it
         must not cost a Postgres backend start each time, as bare Celery's polling of Redis
@@ -119,6 +136,14 @@ class Bench:
         with self._admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)'))
         self._admin.dispose()
+
+
+def _cpu(proc: psutil.Process) -> float:
+    try:
+        times = proc.cpu_times()
+    except psutil.Error:  # gone meanwhile
+        return 0.0
+    return times.user + times.system
 
 
 def machine() -> dict[str, Any]:

@@ -105,7 +105,9 @@ def throughput(bench: Bench, runs: int = 1000, steps_per_run: int = 1, repeat: i
     (NOFX: ``POST /runs`` by ``clients`` concurrent clients; bare: ``apply_async``), the
     worker resumes consuming, and the clock runs from then to the last step's end. Submission
     is timed too (``nofx_submit_runs_per_s``) but kept out of the worker's rate, as bare
-    Celery's publishing is; the API scenario measures it under load.
+    Celery's publishing is; the API scenario measures it under load. The CPU time each side's
+    worker, Postgres backends and Redis used during the drain is reported a step
+    (``*_cpu_ms_per_step``): whether a side is bound by CPU or by waiting shows there.
     """
     from bench.bare import noop
 
@@ -121,6 +123,7 @@ def throughput(bench: Bench, runs: int = 1000, steps_per_run: int = 1, repeat: i
         with ThreadPoolExecutor(clients) as pool:
             ids = list(pool.map(lambda _: http.post("/runs", json=body).json()["id"], range(runs)))
         submitted = time.time() - started
+        cpu_before = bench.cpu_seconds("nofx-worker")
         draining = time.time()
         resume()
 
@@ -131,6 +134,7 @@ def throughput(bench: Bench, runs: int = 1000, steps_per_run: int = 1, repeat: i
             return float(row[1]) if row[0] == len(ids) else None
 
         ended = wait_until(done, timeout=1800, interval=0.2, what="all NOFX runs")
+        nofx_cpu.append(_cpu_per_step(cpu_before, bench.cpu_seconds("nofx-worker"), total))
         return total / (float(ended) - draining), runs / submitted  # type: ignore[arg-type]
 
     def bare_once(chained: bool = False) -> float:
@@ -144,15 +148,20 @@ def throughput(bench: Bench, runs: int = 1000, steps_per_run: int = 1, repeat: i
         else:
             for _ in range(total):
                 noop.apply_async((key,), queue=queue)
+        cpu_before = bench.cpu_seconds("bare-worker")
         draining = time.time()
         resume()
         wait_until(lambda: int(store.get(key) or 0) >= total, timeout=1800, interval=0.01,
                    what="all bare tasks")
         elapsed = time.time() - draining
+        if not chained:
+            bare_cpu.append(_cpu_per_step(cpu_before, bench.cpu_seconds("bare-worker"), total))
         store.delete(key)
         return total / elapsed
 
     nofx, bare, chained, submit = [], [], [], []
+    nofx_cpu: list[dict[str, float]] = []
+    bare_cpu: list[dict[str, float]] = []
     for _ in range(repeat):
         rate, submit_rate = nofx_once()
         nofx.append(rate)
@@ -167,6 +176,10 @@ def throughput(bench: Bench, runs: int = 1000, steps_per_run: int = 1, repeat: i
         "ratio": round(median(nofx) / median(bare), 3),
         "nofx_submit_runs_per_s": round(median(submit), 1),
         "nofx_all": [round(v, 1) for v in nofx], "bare_all": [round(v, 1) for v in bare],
+        # Where the CPU went while draining (ms a step, medians): how much each side spends,
+        # and where, beside how fast it goes (a drain can be bound by latency, not CPU).
+        "nofx_cpu_ms_per_step": _median_each(nofx_cpu),
+        "bare_cpu_ms_per_step": _median_each(bare_cpu),
     }
     if chained:  # not the target's baseline: how much of the gap is Celery's chaining
         figures.update({
@@ -175,6 +188,16 @@ def throughput(bench: Bench, runs: int = 1000, steps_per_run: int = 1, repeat: i
             "bare_chained_all": [round(v, 1) for v in chained],
         })
     return figures
+
+
+def _cpu_per_step(before: dict[str, float], after: dict[str, float],
+                  steps: int) -> dict[str, float]:
+    used = {name: (after[name] - before[name]) * 1000 / steps for name in before}
+    return {**used, "total": sum(used.values())}
+
+
+def _median_each(readings: list[dict[str, float]]) -> dict[str, float]:
+    return {name: round(median([r[name] for r in readings]), 3) for name in readings[0]}
 
 
 # -- 3. API latency ------------------------------------------------------------------------

@@ -103,7 +103,8 @@ def bench(ctx: click.Context) -> None:
 
     \b
     chain       40 x 10 ms steps over HTTP, beside a bare Celery chain
-    throughput  1,000 one-step and 100 ten-step runs drained by one worker, beside bare no-ops
+    throughput  1,000 one-step and 100 ten-step runs drained by one worker, beside bare no-ops,
+                and the CPU each side used a step (worker, pool, Postgres, Redis)
     api         POST /runs and GET /runs/{id} p50/p99 at 1, 8 and 32 clients
     scale       reads and the reaper's query with 10k, 100k and 1M steps, with EXPLAIN
     memory      API and worker memory after 1k and 10k runs

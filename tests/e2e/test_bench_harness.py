@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.support.procs import ROOT
 
 EXPECTED = {
@@ -27,6 +29,13 @@ def test_every_benchmark_scenario_runs_and_writes_its_figures(tmp_path, services
         assert keys <= set(result["figures"]), result["figures"]
     chain = json.loads((tmp_path / "chain-tiny.json").read_text())["figures"]
     assert chain["nofx_s"] > 0 and chain["bare_s"] > 0
+    drained = json.loads((tmp_path / "throughput-tiny.json").read_text())["figures"]["10x1"]
+    for side in ("nofx_cpu_ms_per_step", "bare_cpu_ms_per_step"):
+        assert set(drained[side]) == {"worker_main", "worker_pool", "postgres_backends",
+                                      "redis", "total"}, drained[side]
+        # (shapes only: CPU time is counted in 10 ms ticks, and a tiny drain may take one)
+        parts = [v for k, v in drained[side].items() if k != "total"]
+        assert min(parts) >= 0 and drained[side]["total"] == pytest.approx(sum(parts), abs=0.01)
     scale = json.loads((tmp_path / "scale-tiny.json").read_text())["figures"]
     assert set(scale["steps_300"]["explain"]) == {"get_run", "list_runs", "reaper_running",
                                                   "metrics_running"}
