@@ -100,8 +100,12 @@ def post_fork(server: Any, worker: Any) -> None:
 
 
 def post_worker_init(worker: Any) -> None:
-    """On SIGTERM, end open event streams too, so the graceful stop need not wait for them."""
+    """On SIGTERM, end open event streams too, so the graceful stop need not wait for them;
+    and keep the app's startup objects out of every later full garbage collection."""
     from nofx.api import stream
+    from nofx.process import freeze_startup_objects
+
+    freeze_startup_objects("api")
 
     stop_worker = signal.getsignal(signal.SIGTERM)
 

@@ -86,6 +86,14 @@ def _check_schema(**_: Any) -> None:
         log.error("%s; steps cannot run until then", problem)
 
 
+@signals.worker_ready.connect
+def _freeze(**_: Any) -> None:
+    # Started: the main process keeps its startup objects out of full collections.
+    from nofx.process import freeze_startup_objects
+
+    freeze_startup_objects("worker")
+
+
 @signals.worker_init.connect
 def _start_metrics(sender: Any = None, **_: Any) -> None:
     # In the main process, before the pool forks: children inherit the metrics directory.
@@ -104,10 +112,13 @@ def _drop_metrics(**_: Any) -> None:
 
 @signals.worker_process_init.connect
 def _after_fork(**_: Any) -> None:
-    # Connections inherited from the parent must not be shared with it.
+    # Connections inherited from the parent must not be shared with it; and what the pool
+    # process inherited stays out of its full garbage collections (nofx/process.py).
     from nofx.db.engine import dispose_engines
+    from nofx.process import freeze_startup_objects
 
     dispose_engines()
+    freeze_startup_objects("worker-pool")
 
 
 @signals.task_prerun.connect

@@ -93,6 +93,11 @@ def test_every_line_from_api_worker_and_beat_is_one_json_object_carrying_the_ids
     assert {line["component"] for line in worker} == {"worker"}
     assert {line["component"] for line in beat} == {"beat"}
     assert any("Sending due task" in line["message"] for line in beat)
+    # and each long-lived process put its startup objects out of the collector's way
+    frozen = {line["role"]: line["objects"] for line in api + worker
+              if line["message"] == "startup objects frozen"}
+    assert set(frozen) == {"api", "worker", "worker-pool"}, frozen
+    assert min(frozen.values()) > 10_000, frozen  # the app's modules, classes and tables
     # and the API's lines about the submission carry its request id and the run id
     [created] = [line for line in api if line["message"] == "run created"
                  and line.get("run_id") == good["id"]]

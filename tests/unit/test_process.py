@@ -1,0 +1,19 @@
+"""Startup objects are frozen out of the garbage collector's full collections."""
+
+from __future__ import annotations
+
+import gc
+
+from nofx.process import freeze_startup_objects
+
+
+def test_objects_alive_at_freeze_are_not_scanned_again_and_later_ones_are():
+    before = [object(), [1, 2]]  # a tracked container alive at the freeze
+    try:
+        frozen = freeze_startup_objects("test")
+        after = [3, 4]  # allocated later: collected as usual
+        tracked = {id(o) for o in gc.get_objects()}
+        assert frozen == gc.get_freeze_count() > 0
+        assert id(before) not in tracked and id(after) in tracked
+    finally:
+        gc.unfreeze()
