@@ -35,16 +35,34 @@ def head() -> str:
     return str(ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head())
 
 
-def behind(conn: Connection) -> str | None:
-    """Why the connected database's schema is not the one this code needs, or ``None``."""
+def revision(conn: Connection) -> str | None:
+    """The connected database's schema revision (``None``: never migrated)."""
     try:
-        revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
     except DBAPIError:
-        revision = None
-    if revision == head():
         return None
-    return (f"the database schema is at {revision or 'no revision'}, this NOFX needs "
+
+
+def behind(conn: Connection) -> str | None:
+    """Why the connected database's schema is older than this code needs, or ``None``.
+
+    A revision these migrations do not know comes from a newer NOFX that has already
+    migrated: what happens during a rolling upgrade, when the old processes still run on
+    the new schema (each migration keeps the previous release working; docs/scaling.md).
+    That is not a problem for this process, so it is not reported as one.
+    """
+    found = revision(conn)
+    if found == head() or (found is not None and not _known(found)):
+        return None
+    return (f"the database schema is at {found or 'no revision'}, this NOFX needs "
             f"{head()}: run `nofx db upgrade`")
+
+
+def _known(rev: str) -> bool:
+    try:
+        return ScriptDirectory.from_config(alembic_config("sqlite://")).get_revision(rev) is not None
+    except Exception:  # alembic: "No such revision or branch"
+        return False
 
 
 def current(url: str | None = None) -> None:

@@ -33,9 +33,10 @@ def check_database() -> dict[str, Any]:
     with get_engine().connect() as conn:
         conn.execute(text("SELECT 1"))
         problem = migrate.behind(conn)
+        schema = migrate.revision(conn)
     if problem:
         raise RuntimeError(problem)
-    return {"schema": migrate.head()}
+    return {"schema": schema}
 
 
 def check_broker() -> dict[str, Any]:

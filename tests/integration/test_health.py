@@ -53,6 +53,29 @@ def test_a_database_behind_the_code_fails_the_database_check_and_says_what_to_ru
     assert "nofx db upgrade" in check["error"]
 
 
+def test_a_database_a_release_ahead_passes_the_check_as_in_a_rolling_upgrade(client, tmp_path,
+                                                                             caplog):
+    from sqlalchemy import create_engine, text
+
+    from nofx.worker.app import _check_schema
+
+    # given a database migrated by a newer NOFX (a revision these migrations do not know)
+    url = f"sqlite:///{tmp_path / 'newer.db'}"
+    upgrade(url)
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = 'f00d'"))
+    engine.dispose()
+    with settings_env(NOFX_DATABASE_URL=url):
+        # when health asks, and a worker of this (older) version starts
+        check = client.get("/health/detailed").get_json()["checks"]["database"]
+        _check_schema()
+
+    # then both carry on: the old processes of a rolling upgrade keep serving
+    assert check["ok"] is True and check["schema"] == "f00d", check
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
 def test_with_redis_stopped_detailed_health_answers_503_within_three_seconds_naming_the_broker(
         stack_env, logs_dir):
     with private_redis(logs_dir) as (port, redis):
