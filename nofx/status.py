@@ -20,6 +20,7 @@ False`` makes Postgres take the Python path too.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections import Counter
 from contextlib import contextmanager
@@ -28,7 +29,6 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable, Iterator, Sequence
 
 from sqlalchemy import Connection, bindparam, exists, func, insert, select, text, update
-from psycopg.types.json import Jsonb
 from sqlalchemy.dialects.postgresql import JSONB
 
 from nofx.db import counters
@@ -422,7 +422,7 @@ def succeed_step(
     return True
 
 
-_SUCCEED_SQL = "SELECT nofx_succeed_step(%s, %s, %s, %s, %s, %s, %s::smallint)"
+_SUCCEED_SQL = "SELECT nofx_succeed_step(%s, %s, %s, %s::jsonb, %s::jsonb, %s, %s::smallint)"
 
 
 def _succeed_step_sql(conn: Connection, run_id: str, step_id: str, attempt: int,
@@ -433,7 +433,8 @@ def _succeed_step_sql(conn: Connection, run_id: str, step_id: str, attempt: int,
         for a in new_artifacts
     ]
     row = fetch_one_by_driver(conn, _SUCCEED_SQL, (
-        run_id, step_id, attempt, Jsonb(outputs), Jsonb(stored), now(), counters.shard(),
+        run_id, step_id, attempt, json.dumps(outputs), json.dumps(stored), now(),
+        counters.shard(),
     ))
     return bool(row[0])
 

@@ -118,24 +118,27 @@ def fetch_one_by_driver(conn: Connection, sql: str, params: tuple[Any, ...]) -> 
 
     For the few fixed statements on a worker's hot path (a step's claim and success), whose
     one row is read by position: SQLAlchemy's execution context and result set up cost as
-    much client time as psycopg itself there (docs/benchmarks.md). The connection stays
-    SQLAlchemy's (pooled, in whatever transaction or autocommit mode it is in), and errors
-    come out as they would from ``conn.execute``: wrapped in a ``DBAPIError``, and a
-    connection found dead is invalidated so the pool does not hand it out again.
+    much client time as the driver itself there (docs/benchmarks.md). Everything else stays
+    SQLAlchemy's: the pooled connection in whatever mode it is in (autocommit, or a
+    transaction, begun here as ``conn.execute`` would have begun it), and what happens on an
+    error, which goes through the connection's own handler: wrapped in a ``DBAPIError``,
+    ``handle_error`` hooks run, and on a disconnect the connection and the pool's older
+    connections are invalidated.
     """
+    if not conn.in_transaction():
+        conn.begin()  # what conn.execute does first (a no-op on the wire)
     dbapi = conn.connection.dbapi_connection
+    cursor = None
     try:
-        with dbapi.cursor() as cursor:  # type: ignore[union-attr]
-            cursor.execute(sql, params)
-            return cursor.fetchone()
-    except conn.dialect.loaded_dbapi.Error as error:
-        dead = conn.dialect.is_disconnect(error, dbapi, None)
-        if dead:
-            conn.invalidate(error)
-        raise exc.DBAPIError.instance(
-            sql, params, error, conn.dialect.loaded_dbapi.Error,
-            connection_invalidated=dead, dialect=conn.dialect,
-        ) from error
+        cursor = dbapi.cursor()  # type: ignore[union-attr]
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+        cursor.close()
+        return row
+    except BaseException as error:
+        # SQLAlchemy's own handling of a failed statement (the same call conn.execute makes;
+        # private, unchanged from 1.4 to 2.1; tests/integration/test_db_pool.py holds it).
+        conn._handle_dbapi_exception(error, sql, params, cursor, None)
 
 
 #: Reads need no transaction on Postgres: at READ COMMITTED each statement sees what was
@@ -144,9 +147,10 @@ def fetch_one_by_driver(conn: Connection, sql: str, params: tuple[Any, ...]) -> 
 reading = autocommit
 
 
-def dispose_engines() -> None:
-    """Close every pool; after fork, and on shutdown."""
+def dispose_engines(close: bool = True) -> None:
+    """Drop every pool: on shutdown (``close``), and in a forked child (``close=False``: the
+    connections are the parent's; closing them here would end them for the parent too)."""
     with _lock:
         for engine in _engines.values():
-            engine.dispose()
+            engine.dispose(close=close)
         _engines.clear()

@@ -30,31 +30,60 @@ def test_a_connection_the_server_closed_while_idle_is_replaced_not_handed_out(da
     pool.dispose()
 
 
-def test_a_statement_sent_by_driver_errs_like_sqlalchemy_and_a_dead_connection_is_dropped(
-        database):
-    # given a hot pooled connection (not pinged on checkout) whose server process is gone
-    pool = engines._create(database)
-    with pool.connect() as conn:
-        pid = conn.execute(text("SELECT pg_backend_pid()")).scalar()
+def _terminate(database: str, pids: list[int]) -> None:
     admin = create_engine(database, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        for pid in pids:
+            conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
     admin.dispose()
 
-    # when a statement is sent through its driver, then the error is SQLAlchemy's, the
-    # connection is invalidated, and the pool's next one works, on a fresh server process
+
+def test_a_statement_sent_by_driver_errs_like_sqlalchemy_and_a_dead_pool_is_renewed(database):
+    # given two hot pooled connections (not pinged on checkout) whose server processes are
+    # gone, as after a Postgres restart
+    pool = engines._create(database)
+    with pool.connect() as first, pool.connect() as second:
+        pids = [c.execute(text("SELECT pg_backend_pid()")).scalar() for c in (first, second)]
+    _terminate(database, pids)
+
+    # when a statement is sent through the driver, then the error is SQLAlchemy's and says
+    # the connection was invalidated
     with pool.connect() as conn, pytest.raises(exc.DBAPIError) as raised:
         engines.fetch_one_by_driver(conn, "SELECT pg_backend_pid()", ())
     assert raised.value.connection_invalidated
-    with pool.connect() as conn:
-        assert engines.fetch_one_by_driver(conn, "SELECT pg_backend_pid()", ())[0] != pid
 
-    # and a statement the server refuses is a DBAPIError on a connection that stays usable
-    # (autocommit, as the hot path sends it)
-    with pool.connect() as conn:
-        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-        with pytest.raises(exc.ProgrammingError) as raised:
-            engines.fetch_one_by_driver(conn, "SELECT no_such_column FROM pg_class", ())
-        assert not raised.value.connection_invalidated
-        assert engines.fetch_one_by_driver(conn, "SELECT %s::int + 1", (41,)) == (42,)
+    # and the pool's other dead connection is not handed out either: both next ones work
+    with pool.connect() as a, pool.connect() as b:
+        fresh = [engines.fetch_one_by_driver(c, "SELECT pg_backend_pid()", ())[0] for c in (a, b)]
+    assert not set(fresh) & set(pids)
     pool.dispose()
+
+
+def test_a_statement_sent_by_driver_keeps_sqlalchemy_transactions(database):
+    pool = engines._create(database)
+    with pool.begin() as conn:
+        conn.execute(text("CREATE TABLE IF NOT EXISTS driver_probe (x integer)"))
+    try:
+        # a write on a plain connection is in the transaction SQLAlchemy commits
+        with pool.connect() as conn:
+            assert engines.fetch_one_by_driver(
+                conn, "INSERT INTO driver_probe VALUES (%s) RETURNING x", (7,)) == (7,)
+            conn.commit()
+        # a refused statement inside begin() rolls the block back, and the pool goes on
+        with pytest.raises(exc.ProgrammingError) as raised, pool.begin() as conn:
+            engines.fetch_one_by_driver(conn, "INSERT INTO driver_probe VALUES (%s)", (8,))
+            engines.fetch_one_by_driver(conn, "SELECT no_such_column FROM driver_probe", ())
+        assert not raised.value.connection_invalidated
+        # and in autocommit, as the worker sends its two statements, a refused one leaves
+        # the connection usable
+        with pool.connect() as conn:
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            with pytest.raises(exc.ProgrammingError):
+                engines.fetch_one_by_driver(conn, "SELECT no_such_column FROM pg_class", ())
+            assert engines.fetch_one_by_driver(conn, "SELECT %s::int + 1", (41,)) == (42,)
+        with pool.connect() as conn:
+            assert conn.execute(text("SELECT array_agg(x) FROM driver_probe")).scalar() == [7]
+    finally:
+        with pool.begin() as conn:
+            conn.execute(text("DROP TABLE driver_probe"))
+        pool.dispose()
