@@ -86,9 +86,10 @@ def _check_schema(**_: Any) -> None:
         log.error("%s; steps cannot run until then", problem)
 
 
-@signals.worker_ready.connect
+@signals.worker_init.connect
 def _freeze(**_: Any) -> None:
-    # Started: the main process keeps its startup objects out of full collections.
+    # Tasks imported, pool not forked yet: the pool processes inherit the frozen objects and
+    # their pages stay shared (nofx/process.py).
     from nofx.process import freeze_startup_objects
 
     freeze_startup_objects("worker")
@@ -112,12 +113,12 @@ def _drop_metrics(**_: Any) -> None:
 
 @signals.worker_process_init.connect
 def _after_fork(**_: Any) -> None:
-    # Connections inherited from the parent must not be shared with it; and what the pool
-    # process inherited stays out of its full garbage collections (nofx/process.py).
+    # Connections inherited from the parent must not be used, nor closed, here; and what
+    # the pool process holds now stays out of its full garbage collections.
     from nofx.db.engine import dispose_engines
     from nofx.process import freeze_startup_objects
 
-    dispose_engines()
+    dispose_engines(close=False)
     freeze_startup_objects("worker-pool")
 
 

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import gc
+import weakref
 
 from nofx.process import freeze_startup_objects
+
+
+class _Node:
+    def __init__(self) -> None:
+        self.me = self  # a reference cycle: only the collector frees it
 
 
 def test_objects_alive_at_freeze_are_not_scanned_again_and_later_ones_are():
@@ -16,4 +22,16 @@ def test_objects_alive_at_freeze_are_not_scanned_again_and_later_ones_are():
         assert frozen == gc.get_freeze_count() > 0
         assert id(before) not in tracked and id(after) in tracked
     finally:
+        gc.unfreeze()
+
+
+def test_garbage_is_collected_first_not_frozen_for_good():
+    gc.disable()  # no automatic collection may free it before the freeze
+    try:
+        garbage = weakref.ref(_Node())  # unreachable already, kept alive only by its cycle
+        assert garbage() is not None
+        freeze_startup_objects("test")
+        assert garbage() is None
+    finally:
+        gc.enable()
         gc.unfreeze()
