@@ -21,6 +21,12 @@ depends_on = None
 
 
 def upgrade() -> None:
+    if op.get_bind().dialect.name == 'postgresql':
+        # CONCURRENTLY: no lock that would queue the running workers' writes behind it.
+        with op.get_context().autocommit_block():
+            op.execute('DROP INDEX CONCURRENTLY IF EXISTS ix_steps_tool_status')
+            op.execute('DROP INDEX CONCURRENTLY IF EXISTS ix_events_type')
+        return
     with op.batch_alter_table('steps', schema=None) as batch_op:
         batch_op.drop_index('ix_steps_tool_status')
     with op.batch_alter_table('events', schema=None) as batch_op:
@@ -28,6 +34,13 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    if op.get_bind().dialect.name == 'postgresql':
+        with op.get_context().autocommit_block():
+            op.execute('CREATE INDEX CONCURRENTLY IF NOT EXISTS ix_events_type '
+                       'ON events (type, id)')
+            op.execute('CREATE INDEX CONCURRENTLY IF NOT EXISTS ix_steps_tool_status '
+                       'ON steps (tool, status)')
+        return
     with op.batch_alter_table('events', schema=None) as batch_op:
         batch_op.create_index('ix_events_type', ['type', 'id'], unique=False)
     with op.batch_alter_table('steps', schema=None) as batch_op:
