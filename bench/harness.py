@@ -98,10 +98,11 @@ class Bench:
         procs = [root, *root.children(recursive=True)]
         return round(sum(p.memory_info().rss for p in procs if p.is_running()) / 2**20, 1)
 
-    def cpu_seconds(self, worker: str) -> dict[str, float]:
-        """CPU time (user + system) used so far by what a drain keeps busy: the worker's main
-        process, its pool, the Postgres backends of this bench's database, and Redis (shared
-        with the bench's own polling). Diff two readings to get a window's share."""
+    def cpu_seconds(self, worker: str) -> dict[str, dict[int, float]]:
+        """CPU time (user + system) used so far, process by process, by what a drain keeps
+        busy: the worker's main process, its pool, the Postgres backends of this bench's
+        database (the API's and the bench's own idle connections among them) and Redis
+        (every ``redis-server`` here). Diff two readings with :func:`cpu_used`."""
         main = psutil.Process(self.procs[worker].pid)
         groups: dict[str, list[psutil.Process]] = {
             "worker_main": [main], "worker_pool": main.children(recursive=True),
@@ -113,7 +114,7 @@ class Bench:
                 groups["redis"].append(proc)
             elif command.startswith("postgres:") and f" {self.database} " in command:
                 groups["postgres_backends"].append(proc)
-        return {name: sum(_cpu(p) for p in procs) for name, procs in groups.items()}
+        return {name: {p.pid: _cpu(p) for p in procs} for name, procs in groups.items()}
 
     def sql(self, statement: str, **params: Any) -> Any:
         """Run one statement on the bench's database (one pooled connection: polling it
@@ -136,6 +137,16 @@ class Bench:
         with self._admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)'))
         self._admin.dispose()
+
+
+def cpu_used(before: dict[str, dict[int, float]],
+             after: dict[str, dict[int, float]]) -> dict[str, tuple[float, int]]:
+    """Seconds of CPU each group used between two :meth:`Bench.cpu_seconds` readings, and
+    how many of its processes were alive at the second (a process that started in between
+    counts from zero; one that ended in between is not counted)."""
+    return {name: (sum(t - before.get(name, {}).get(pid, 0.0) for pid, t in procs.items()),
+                   len(procs))
+            for name, procs in after.items()}
 
 
 def _cpu(proc: psutil.Process) -> float:

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import redis as redis_lib
 from celery import chain
 
-from bench.harness import REDIS_URL, Bench, median, percentile
+from bench.harness import REDIS_URL, Bench, cpu_used, median, percentile
 from tests.support.procs import Proc, wait_until
 
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -190,10 +190,13 @@ def throughput(bench: Bench, runs: int = 1000, steps_per_run: int = 1, repeat: i
     return figures
 
 
-def _cpu_per_step(before: dict[str, float], after: dict[str, float],
+def _cpu_per_step(before: dict[str, dict[int, float]], after: dict[str, dict[int, float]],
                   steps: int) -> dict[str, float]:
-    used = {name: (after[name] - before[name]) * 1000 / steps for name in before}
-    return {**used, "total": sum(used.values())}
+    """ms of CPU a step by group, their total, and how many processes each group had."""
+    used = cpu_used(before, after)
+    per_step = {name: seconds * 1000 / steps for name, (seconds, _) in used.items()}
+    return {**per_step, "total": sum(per_step.values()),
+            **{f"{name}_processes": float(n) for name, (_, n) in used.items()}}
 
 
 def _median_each(readings: list[dict[str, float]]) -> dict[str, float]:

@@ -30,12 +30,17 @@ def test_every_benchmark_scenario_runs_and_writes_its_figures(tmp_path, services
     chain = json.loads((tmp_path / "chain-tiny.json").read_text())["figures"]
     assert chain["nofx_s"] > 0 and chain["bare_s"] > 0
     drained = json.loads((tmp_path / "throughput-tiny.json").read_text())["figures"]["10x1"]
+    groups = ("worker_main", "worker_pool", "postgres_backends", "redis")
     for side in ("nofx_cpu_ms_per_step", "bare_cpu_ms_per_step"):
-        assert set(drained[side]) == {"worker_main", "worker_pool", "postgres_backends",
-                                      "redis", "total"}, drained[side]
-        # (shapes only: CPU time is counted in 10 ms ticks, and a tiny drain may take one)
-        parts = [v for k, v in drained[side].items() if k != "total"]
-        assert min(parts) >= 0 and drained[side]["total"] == pytest.approx(sum(parts), abs=0.01)
+        cpu = drained[side]
+        assert set(cpu) == {*groups, "total", *(f"{g}_processes" for g in groups)}, cpu
+        # (amounts: shapes only, CPU time is counted in 10 ms ticks and a tiny drain may
+        # take one; which processes were found: exactly)
+        assert min(cpu[g] for g in groups) >= 0
+        assert cpu["total"] == pytest.approx(sum(cpu[g] for g in groups), abs=0.01)
+        assert (cpu["worker_main_processes"], cpu["worker_pool_processes"]) == (1, 2), cpu
+        assert cpu["redis_processes"] >= 1, cpu
+    assert drained["nofx_cpu_ms_per_step"]["postgres_backends_processes"] >= 2  # pool + bench
     scale = json.loads((tmp_path / "scale-tiny.json").read_text())["figures"]
     assert set(scale["steps_300"]["explain"]) == {"get_run", "list_runs", "reaper_running",
                                                   "metrics_running"}
