@@ -125,7 +125,7 @@ def fetch_one_by_driver(conn: Connection, sql: str, params: tuple[Any, ...]) -> 
     ``handle_error`` hooks run, and on a disconnect the connection and the pool's older
     connections are invalidated.
     """
-    if not conn.in_transaction():
+    if conn.get_transaction() is None:
         conn.begin()  # what conn.execute does first (a no-op on the wire)
     dbapi = conn.connection.dbapi_connection
     cursor = None
@@ -136,8 +136,15 @@ def fetch_one_by_driver(conn: Connection, sql: str, params: tuple[Any, ...]) -> 
         cursor.close()
         return row
     except BaseException as error:
-        # SQLAlchemy's own handling of a failed statement (the same call conn.execute makes;
-        # private, unchanged from 1.4 to 2.1; tests/integration/test_db_pool.py holds it).
+        if isinstance(error, Exception) and not isinstance(error, conn.dialect.loaded_dbapi.Error):
+            # Not the database's: e.g. Celery's SoftTimeLimitExceeded raised by a signal
+            # while waiting. conn.execute lets those through unwrapped; so does this.
+            if cursor is not None:
+                cursor.close()
+            raise
+        # The driver's errors and exit exceptions: SQLAlchemy's own handling of a failed
+        # statement (the call conn.execute makes; private, unchanged from 1.4 to 2.1;
+        # tests/integration/test_db_pool.py holds what it does).
         conn._handle_dbapi_exception(error, sql, params, cursor, None)
 
 

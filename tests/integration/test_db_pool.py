@@ -3,6 +3,7 @@ connection found by a statement sent through the driver leaves the pool."""
 
 from __future__ import annotations
 
+import signal
 import time
 
 import pytest
@@ -86,4 +87,29 @@ def test_a_statement_sent_by_driver_keeps_sqlalchemy_transactions(database):
     finally:
         with pool.begin() as conn:
             conn.execute(text("DROP TABLE driver_probe"))
+        pool.dispose()
+
+
+def test_a_time_limit_raised_while_the_driver_waits_comes_out_as_itself(database):
+    # given a statement still running when the step's soft time limit fires (Celery raises
+    # SoftTimeLimitExceeded from a signal handler, as here)
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    def _limit(signum: int, frame: object) -> None:
+        raise SoftTimeLimitExceeded()
+
+    pool = engines._create(database)
+    previous = signal.signal(signal.SIGALRM, _limit)
+    try:
+        with pool.connect() as conn:
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            signal.setitimer(signal.ITIMER_REAL, 0.2)
+            # then it is not wrapped in SQLAlchemy's StatementError: the task's handler for
+            # time limits still sees it
+            with pytest.raises(SoftTimeLimitExceeded):
+                engines.fetch_one_by_driver(conn, "SELECT pg_sleep(5)", ())
+            conn.invalidate()  # the interrupted statement's connection is not reused
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
         pool.dispose()
