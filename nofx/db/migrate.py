@@ -36,33 +36,37 @@ def head() -> str:
 
 
 def revision(conn: Connection) -> str | None:
-    """The connected database's schema revision (``None``: never migrated)."""
+    """The connected database's schema revision (``None``: never migrated; several rows,
+    which NOFX's linear history never writes, come back joined by commas)."""
     try:
-        return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        found = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
     except DBAPIError:
         return None
+    return ",".join(sorted(found)) or None
 
 
 def behind(conn: Connection) -> str | None:
-    """Why the connected database's schema is older than this code needs, or ``None``.
+    """Why the connected database's schema does not serve this code, or ``None``."""
+    return schema_problem(revision(conn))
 
-    A revision these migrations do not know comes from a newer NOFX that has already
-    migrated: what happens during a rolling upgrade, when the old processes still run on
-    the new schema (each migration keeps the previous release working; docs/scaling.md).
-    That is not a problem for this process, so it is not reported as one.
+
+def schema_problem(found: str | None) -> str | None:
+    """Why schema revision ``found`` does not serve this code, or ``None``.
+
+    NOFX's revisions are numbered in order (0001, 0002, ...). A higher number than this
+    code's head comes from a newer NOFX that has already migrated: what happens during a
+    rolling upgrade, when the old processes still run on the new schema (each migration
+    keeps the previous release working; docs/scaling.md), so it is fine. A lower one is
+    behind; anything else is not NOFX's.
     """
-    found = revision(conn)
-    if found == head() or (found is not None and not _known(found)):
+    latest = head()
+    if found == latest or (found and found.isdigit() and int(found) > int(latest)):
         return None
+    if found and not found.isdigit():
+        return (f"the database schema is at {found!r}, which is not a NOFX revision; "
+                f"this NOFX needs {latest}")
     return (f"the database schema is at {found or 'no revision'}, this NOFX needs "
-            f"{head()}: run `nofx db upgrade`")
-
-
-def _known(rev: str) -> bool:
-    try:
-        return ScriptDirectory.from_config(alembic_config("sqlite://")).get_revision(rev) is not None
-    except Exception:  # alembic: "No such revision or branch"
-        return False
+            f"{latest}: run `nofx db upgrade`")
 
 
 def current(url: str | None = None) -> None:

@@ -32,8 +32,8 @@ def check_database() -> dict[str, Any]:
     """Answers, and holds the schema this code needs (workers fail every step otherwise)."""
     with get_engine().connect() as conn:
         conn.execute(text("SELECT 1"))
-        problem = migrate.behind(conn)
         schema = migrate.revision(conn)
+    problem = migrate.schema_problem(schema)
     if problem:
         raise RuntimeError(problem)
     return {"schema": schema}
