@@ -36,10 +36,12 @@ def upgrade() -> None:
 def downgrade() -> None:
     if op.get_bind().dialect.name == 'postgresql':
         with op.get_context().autocommit_block():
-            op.execute('CREATE INDEX CONCURRENTLY IF NOT EXISTS ix_events_type '
-                       'ON events (type, id)')
-            op.execute('CREATE INDEX CONCURRENTLY IF NOT EXISTS ix_steps_tool_status '
-                       'ON steps (tool, status)')
+            # A CREATE ... CONCURRENTLY that failed leaves an invalid index of that name:
+            # drop it first, so a second try builds a valid one.
+            for name, table, columns in (('ix_events_type', 'events', 'type, id'),
+                                         ('ix_steps_tool_status', 'steps', 'tool, status')):
+                op.execute(f'DROP INDEX CONCURRENTLY IF EXISTS {name}')
+                op.execute(f'CREATE INDEX CONCURRENTLY {name} ON {table} ({columns})')
         return
     with op.batch_alter_table('events', schema=None) as batch_op:
         batch_op.create_index('ix_events_type', ['type', 'id'], unique=False)
