@@ -114,7 +114,9 @@ class Bench:
                 groups["redis"].append(proc)
             elif command.startswith("postgres:") and f" {self.database} " in command:
                 groups["postgres_backends"].append(proc)
-        return {name: {p.pid: _cpu(p) for p in procs} for name, procs in groups.items()}
+        readings = {name: {p.pid: _cpu(p) for p in procs} for name, procs in groups.items()}
+        return {name: {pid: t for pid, t in read.items() if t is not None}  # gone meanwhile
+                for name, read in readings.items()}
 
     def sql(self, statement: str, **params: Any) -> Any:
         """Run one statement on the bench's database (one pooled connection: polling it
@@ -149,11 +151,11 @@ def cpu_used(before: dict[str, dict[int, float]],
             for name, procs in after.items()}
 
 
-def _cpu(proc: psutil.Process) -> float:
+def _cpu(proc: psutil.Process) -> float | None:
     try:
         times = proc.cpu_times()
     except psutil.Error:  # gone meanwhile
-        return 0.0
+        return None
     return times.user + times.system
 
 

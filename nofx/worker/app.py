@@ -87,9 +87,10 @@ def _check_schema(**_: Any) -> None:
 
 
 @signals.worker_init.connect
+@signals.worker_before_create_process.connect
 def _freeze(**_: Any) -> None:
-    # Tasks imported, pool not forked yet: the pool processes inherit the frozen objects and
-    # their pages stay shared (nofx/process.py).
+    # Tasks imported (worker_init), and again before each pool process forks: the pool
+    # processes inherit the frozen objects and their pages stay shared (nofx/process.py).
     from nofx.process import freeze_startup_objects
 
     freeze_startup_objects("worker")
