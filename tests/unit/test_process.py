@@ -19,7 +19,8 @@ def test_objects_alive_at_freeze_are_not_scanned_again_and_later_ones_are():
         frozen = freeze_startup_objects("test")
         after = [3, 4]  # allocated later: collected as usual
         tracked = {id(o) for o in gc.get_objects()}
-        assert frozen == gc.get_freeze_count() > 0
+        # (the count can drop a little later: a frozen object still dies when unreferenced)
+        assert frozen > 0 and gc.get_freeze_count() > 0
         assert id(before) not in tracked and id(after) in tracked
     finally:
         gc.unfreeze()
