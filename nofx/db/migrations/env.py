@@ -20,7 +20,11 @@ def run_migrations_offline() -> None:
 def run_migrations_online() -> None:
     engine = create_engine(config.get_main_option("sqlalchemy.url") or "", poolclass=pool.NullPool)
     with engine.connect() as connection:
-        context.configure(connection=connection, target_metadata=metadata, render_as_batch=True)
+        # One transaction per migration: a failure leaves the schema at the last one that
+        # finished, and a migration that works outside a transaction (0004's CONCURRENTLY,
+        # in an autocommit block) commits nothing but itself.
+        context.configure(connection=connection, target_metadata=metadata, render_as_batch=True,
+                          transaction_per_migration=True)
         with context.begin_transaction():
             context.run_migrations()
     engine.dispose()
