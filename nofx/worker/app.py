@@ -87,10 +87,10 @@ def _check_schema(**_: Any) -> None:
 
 
 @signals.worker_init.connect
-@signals.worker_before_create_process.connect
 def _freeze(**_: Any) -> None:
-    # Tasks imported (worker_init), and again before each pool process forks: the pool
-    # processes inherit the frozen objects and their pages stay shared (nofx/process.py).
+    # Tasks imported, pool not forked yet: the pool processes inherit the frozen objects and
+    # their pages stay shared (nofx/process.py). Not again before each later fork: objects
+    # in flight then, frozen, would never be collected once they became garbage.
     from nofx.process import freeze_startup_objects
 
     freeze_startup_objects("worker")
