@@ -439,12 +439,6 @@ def _succeed_step_sql(conn: Connection, run_id: str, step_id: str, attempt: int,
     return bool(row[0])
 
 
-def one_statement(dialect: str) -> bool:
-    """Whether :func:`create_run`, :func:`claim_step` and :func:`succeed_step` are one
-    statement on ``dialect`` (so they may run on an autocommit connection: one round trip)."""
-    return ONE_STATEMENT and dialect == "postgresql"
-
-
 @contextmanager
 def write_connection() -> Iterator[Connection]:
     """The connection for :func:`create_run`, :func:`claim_step` and :func:`succeed_step`:
@@ -455,7 +449,9 @@ def write_connection() -> Iterator[Connection]:
 
 
 def _one_statement(conn: Connection) -> bool:
-    return one_statement(conn.dialect.name)
+    """Whether :func:`create_run`, :func:`claim_step` and :func:`succeed_step` are one
+    statement on ``conn`` (so they may run on an autocommit connection: one round trip)."""
+    return ONE_STATEMENT and conn.dialect.name == "postgresql"
 
 
 def _insert_artifact(conn: Connection, run_id: str, step_id: str, a: NewArtifact) -> None:
