@@ -55,8 +55,8 @@ TINY: dict[str, Callable[[Bench], dict]] = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+def main(argv: list[str] | None = None, prog: str = "python -m bench") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("scenario", choices=[*FULL, "all"])
     parser.add_argument("--tiny", action="store_true", help="seconds-long smoke versions")

@@ -96,7 +96,8 @@ def worker(ctx: click.Context) -> None:
                                "--pool", "prefork", "-l", "INFO", *ctx.args])
 
 
-@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                               "help_option_names": []})  # --help is the benchmarks' own
 @click.pass_context
 def bench(ctx: click.Context) -> None:
     """Run a benchmark from a checkout: nofx bench chain|throughput|api|scale|memory|all [--tiny].
@@ -109,16 +110,19 @@ def bench(ctx: click.Context) -> None:
     scale       reads and the reaper's query with 10k, 100k and 1M steps, with EXPLAIN
     memory      API and worker memory after 1k and 10k runs
 
-    Same as `python -m bench ...` (whose --help says how each measures); results go to
-    bench/results/, published figures and the machine in docs/benchmarks.md. --tiny runs
+    Same as `python -m bench ...`; `nofx bench --help` says how each measures. Results go
+    to bench/results/, published figures and the machine in docs/benchmarks.md. --tiny runs
     each in seconds.
     """
+    checkout = Path(__file__).resolve().parent.parent  # an editable install's checkout
+    if (checkout / "bench" / "__main__.py").exists() and str(checkout) not in sys.path:
+        sys.path.insert(0, str(checkout))
     try:
         from bench.__main__ import main as bench_main
     except ImportError as exc:
         raise click.ClickException("benchmarks run from a checkout of NOFX (bench/ is not "
                                    "installed with the package)") from exc
-    sys.exit(bench_main(ctx.args))
+    sys.exit(bench_main(ctx.args, prog="nofx bench"))
 
 
 @main.command()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -44,3 +45,14 @@ def test_every_benchmark_scenario_runs_and_writes_its_figures(tmp_path, services
     scale = json.loads((tmp_path / "scale-tiny.json").read_text())["figures"]
     assert set(scale["steps_300"]["explain"]) == {"get_run", "list_runs", "reaper_running",
                                                   "metrics_running"}
+
+
+def test_nofx_bench_finds_the_checkout_from_any_directory(tmp_path):
+    # The installed console script has no checkout on sys.path; `nofx bench` finds bench/
+    # beside the package it was installed from (an editable install of this checkout).
+    nofx = Path(sys.executable).parent / "nofx"
+    done = subprocess.run([str(nofx), "bench", "--help"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith("usage: nofx bench"), done.stdout
+    assert "throughput  1,000 one-step" in done.stdout  # the scenarios, as bench describes them
