@@ -45,11 +45,6 @@ def revision(conn: Connection) -> str | None:
     return ",".join(sorted(found)) or None
 
 
-def behind(conn: Connection) -> str | None:
-    """Why the connected database's schema does not serve this code, or ``None``."""
-    return schema_problem(revision(conn))
-
-
 def schema_problem(found: str | None) -> str | None:
     """Why schema revision ``found`` does not serve this code, or ``None``.
 

@@ -72,18 +72,27 @@ def _log_start(sender: str, instance: Any = None, **_: Any) -> None:
 
 @signals.worker_ready.connect
 def _check_schema(**_: Any) -> None:
-    """Say loudly when the database is behind: every claim would fail until it is upgraded."""
-    from nofx.db.engine import get_engine
-    from nofx.db.migrate import behind
+    """Say loudly when the database is behind: every claim would fail until it is upgraded.
+
+    The main process uses the database for nothing else (its pool processes run the steps),
+    so the connection is closed afterwards rather than left idle for the worker's lifetime.
+    """
+    from nofx.db.engine import dispose_engines, get_engine
+    from nofx.db.migrate import revision, schema_problem
 
     try:
         with get_engine().connect() as conn:
-            problem = behind(conn)
+            found = revision(conn)
     except Exception:  # the database is down: the steps' own errors will say so
         log.warning("could not check the database schema", exc_info=True)
         return
+    finally:
+        dispose_engines()
+    problem = schema_problem(found)
     if problem:
         log.error("%s; steps cannot run until then", problem)
+    else:
+        log.info("database schema is current", extra={"schema": found})
 
 
 @signals.worker_init.connect

@@ -113,3 +113,27 @@ def test_a_time_limit_raised_while_the_driver_waits_comes_out_as_itself(database
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
         pool.dispose()
+
+
+def test_an_idle_worker_holds_no_database_connection_after_checking_the_schema(stack_env,
+                                                                              logs_dir):
+    import uuid
+
+    from tests.support.api import pg_connections
+    from tests.support.procs import start_worker, wait_until
+
+    # given a worker whose connections are named in pg_stat_activity, on its own queue
+    tag = f"idle-worker-{uuid.uuid4().hex[:8]}"
+    url = stack_env["NOFX_DATABASE_URL"]
+    env = {**stack_env, "NOFX_QUEUE": tag,
+           "NOFX_DATABASE_URL": f"{url}{'&' if '?' in url else '?'}application_name={tag}"}
+    worker = start_worker(tag, env, logs_dir, concurrency=1)
+    try:
+        # when it has started and checked the schema
+        wait_until(lambda: "database schema is current" in worker.log(), timeout=30,
+                   what="the worker's schema check")
+
+        # then its main process kept no connection (it runs no steps; its pool has run none)
+        assert pg_connections(tag) == 0
+    finally:
+        worker.stop()
