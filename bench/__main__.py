@@ -14,6 +14,10 @@ Scenarios (each beside bare Celery where there is a bare equivalent, in the same
   memory      API and worker resident memory after 1k and 10k runs
   all         every one of them
 
+chain and throughput also run a "durable" bare baseline: the same bare tasks, each
+committing a one-row INSERT into Postgres before and after its work (the floor of any
+durable record of a step's start and end); *_to_bare_durable is NOFX against it.
+
 --tiny runs each in seconds (CI runs it so the harness never rots; its figures mean
 nothing). Needs Postgres and Redis (NOFX_BENCH_PG, NOFX_BENCH_REDIS_URL); see
 docs/benchmarks.md for the machine the published figures come from.

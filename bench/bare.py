@@ -2,6 +2,10 @@
 
 Each task reports completion in Redis (one INCR or SET), which is how the harness knows
 when the work is done without a result backend.
+
+The ``durable_*`` tasks are a second baseline, the floor under any bookkeeping that records
+each task's start and end durably: bare Celery plus two one-row INSERTs a task, each its own
+committed transaction in Postgres (as NOFX's claim and success are), and nothing else.
 """
 
 from __future__ import annotations
@@ -33,6 +37,19 @@ def _r() -> redis.Redis:
     return _redis
 
 
+_pg = None
+
+
+def _record(task_id: str, what: str) -> None:
+    """One committed one-row INSERT (a connection a pool process, opened after the fork)."""
+    global _pg
+    if _pg is None:
+        import psycopg
+
+        _pg = psycopg.connect(os.environ["BARE_PG_URL"], autocommit=True)
+    _pg.execute("INSERT INTO bare_transitions (task_id, what) VALUES (%s, %s)", (task_id, what))
+
+
 @app.task(name="bare.sleep")
 def sleep(seconds: float) -> None:
     time.sleep(seconds)
@@ -46,3 +63,17 @@ def noop(key: str) -> None:
 @app.task(name="bare.mark")
 def mark(key: str) -> None:
     _r().set(key, repr(time.time()))
+
+
+@app.task(name="bare.durable_sleep", bind=True)
+def durable_sleep(self, seconds: float) -> None:  # type: ignore[no-untyped-def]
+    _record(self.request.id, "started")
+    time.sleep(seconds)
+    _record(self.request.id, "finished")
+
+
+@app.task(name="bare.durable_noop", bind=True)
+def durable_noop(self, key: str) -> None:  # type: ignore[no-untyped-def]
+    _record(self.request.id, "started")
+    _record(self.request.id, "finished")
+    _r().incr(key)

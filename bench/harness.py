@@ -47,6 +47,7 @@ class Bench:
             "NOFX_LOG_LEVEL": "INFO",  # as in production; bare Celery logs at INFO too
             "BARE_QUEUE": f"bare-{self.id}",
             "BARE_REDIS_URL": REDIS_URL,
+            "BARE_PG_URL": f"{PG_SERVER}/{self.database}".replace("+psycopg", "", 1),
             "PYTHONPATH": str(ROOT),
         }
         self.procs: dict[str, Proc] = {}
@@ -58,6 +59,8 @@ class Bench:
         from nofx.db.migrate import upgrade
 
         upgrade(self.env["NOFX_DATABASE_URL"])
+        self.sql("CREATE TABLE bare_transitions (id bigserial PRIMARY KEY, task_id text NOT NULL,"
+                 " what text NOT NULL, at timestamptz NOT NULL DEFAULT now())")
 
     # -- processes ---------------------------------------------------------------------
 

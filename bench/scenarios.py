@@ -54,8 +54,9 @@ def _pause(queue: str, worker: Proc) -> Callable[[], None]:
 
 
 def chain_latency(bench: Bench, repeat: int = 5, steps: int = 40, ms: float = 10) -> dict:
-    """One run of ``steps`` sequential sleeps beside a bare Celery chain of the same."""
-    from bench.bare import mark, sleep
+    """One run of ``steps`` sequential sleeps beside a bare Celery chain of the same, and
+    beside a bare chain whose tasks also write their start and end durably (the floor)."""
+    from bench.bare import durable_sleep, mark, sleep
 
     http = bench.http()
     bench.nofx_worker()
@@ -69,27 +70,34 @@ def chain_latency(bench: Bench, repeat: int = 5, steps: int = 40, ms: float = 10
                            what="the NOFX chain")
         return float(ended) - started  # type: ignore[arg-type]
 
-    def bare_once() -> float:
+    def bare_once(durable: bool = False) -> float:
         key = f"bench:{uuid.uuid4().hex}"
         started = time.time()
         queue = bench.env["BARE_QUEUE"]
-        links = [sleep.si(ms / 1000).set(queue=queue) for _ in range(steps)]
+        task = durable_sleep if durable else sleep
+        links = [task.si(ms / 1000).set(queue=queue) for _ in range(steps)]
         chain(*links, mark.si(key).set(queue=queue)).apply_async()
         ended = wait_until(lambda: store.get(key), timeout=300, interval=0.01, what="bare chain")
         store.delete(key)
         return float(ended) - started  # type: ignore[arg-type]
 
-    nofx_once(), bare_once()  # warm up both
-    nofx, bare = [], []
-    for _ in range(repeat):  # interleaved, so both see the same machine
+    nofx_once(), bare_once(), bare_once(durable=True)  # warm up all three
+    nofx, bare, durable = [], [], []
+    for _ in range(repeat):  # interleaved, so all see the same machine
         nofx.append(nofx_once())
         bare.append(bare_once())
+        durable.append(bare_once(durable=True))
     return {
         "steps": steps, "step_ms": ms, "repeat": repeat,
         "nofx_s": median(nofx), "bare_s": median(bare),
         "ratio": round(median(nofx) / median(bare), 3),
         "nofx_all_s": [round(v, 4) for v in nofx], "bare_all_s": [round(v, 4) for v in bare],
         "nofx_overhead_per_step_ms": round((median(nofx) - median(bare)) / steps * 1000, 2),
+        # Not the target's baseline: bare tasks that also commit two one-row INSERTs each
+        # (start, end), the least any durable record of each step costs.
+        "bare_durable_s": median(durable),
+        "ratio_to_bare_durable": round(median(nofx) / median(durable), 3),
+        "bare_durable_all_s": [round(v, 4) for v in durable],
     }
 
 
@@ -109,7 +117,7 @@ def throughput(bench: Bench, runs: int = 1000, steps_per_run: int = 1, repeat: i
     worker, Postgres backends and Redis used during the drain is reported a step
     (``*_cpu_ms_per_step``): whether a side is bound by CPU or by waiting shows there.
     """
-    from bench.bare import noop
+    from bench.bare import durable_noop, noop
 
     http = bench.http()
     nofx_worker, bare_worker = bench.nofx_worker(), bench.bare_worker()
@@ -137,7 +145,7 @@ def throughput(bench: Bench, runs: int = 1000, steps_per_run: int = 1, repeat: i
         nofx_cpu.append(_cpu_per_step(cpu_before, bench.cpu_seconds("nofx-worker"), total))
         return total / (float(ended) - draining), runs / submitted  # type: ignore[arg-type]
 
-    def bare_once(chained: bool = False) -> float:
+    def bare_once(chained: bool = False, durable: bool = False) -> float:
         key = f"bench:{uuid.uuid4().hex}"
         queue = bench.env["BARE_QUEUE"]
         resume = _pause(queue, bare_worker)
@@ -147,7 +155,7 @@ def throughput(bench: Bench, runs: int = 1000, steps_per_run: int = 1, repeat: i
                         for _ in range(steps_per_run)]).apply_async()
         else:
             for _ in range(total):
-                noop.apply_async((key,), queue=queue)
+                (durable_noop if durable else noop).apply_async((key,), queue=queue)
         cpu_before = bench.cpu_seconds("bare-worker")
         draining = time.time()
         resume()
@@ -155,18 +163,21 @@ def throughput(bench: Bench, runs: int = 1000, steps_per_run: int = 1, repeat: i
                    what="all bare tasks")
         elapsed = time.time() - draining
         if not chained:
-            bare_cpu.append(_cpu_per_step(cpu_before, bench.cpu_seconds("bare-worker"), total))
+            (durable_cpu if durable else bare_cpu).append(
+                _cpu_per_step(cpu_before, bench.cpu_seconds("bare-worker"), total))
         store.delete(key)
         return total / elapsed
 
-    nofx, bare, chained, submit = [], [], [], []
+    nofx, bare, chained, durable, submit = [], [], [], [], []
     nofx_cpu: list[dict[str, float]] = []
     bare_cpu: list[dict[str, float]] = []
+    durable_cpu: list[dict[str, float]] = []
     for _ in range(repeat):
         rate, submit_rate = nofx_once()
         nofx.append(rate)
         submit.append(submit_rate)
         bare.append(bare_once())
+        durable.append(bare_once(durable=True))
         if steps_per_run > 1:
             chained.append(bare_once(chained=True))
     figures = {
@@ -180,6 +191,12 @@ def throughput(bench: Bench, runs: int = 1000, steps_per_run: int = 1, repeat: i
         # and where, beside how fast it goes (a drain can be bound by latency, not CPU).
         "nofx_cpu_ms_per_step": _median_each(nofx_cpu),
         "bare_cpu_ms_per_step": _median_each(bare_cpu),
+        # Not the target's baseline: bare tasks that also commit two one-row INSERTs each
+        # (start, end), the least any durable record of each step costs.
+        "bare_durable_tasks_per_s": round(median(durable), 1),
+        "ratio_to_bare_durable": round(median(nofx) / median(durable), 3),
+        "bare_durable_all": [round(v, 1) for v in durable],
+        "bare_durable_cpu_ms_per_step": _median_each(durable_cpu),
     }
     if chained:  # not the target's baseline: how much of the gap is Celery's chaining
         figures.update({

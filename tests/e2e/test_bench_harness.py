@@ -12,7 +12,7 @@ import pytest
 from tests.support.procs import ROOT
 
 EXPECTED = {
-    "chain": {"nofx_s", "bare_s", "ratio"},
+    "chain": {"nofx_s", "bare_s", "ratio", "bare_durable_s", "ratio_to_bare_durable"},
     "throughput": {"10x1", "2x5"},
     "api": {"clients_1", "clients_4"},
     "scale": {"steps_100", "steps_300"},
@@ -31,6 +31,7 @@ def test_every_benchmark_scenario_runs_and_writes_its_figures(tmp_path, services
     chain = json.loads((tmp_path / "chain-tiny.json").read_text())["figures"]
     assert chain["nofx_s"] > 0 and chain["bare_s"] > 0
     drained = json.loads((tmp_path / "throughput-tiny.json").read_text())["figures"]["10x1"]
+    assert drained["bare_durable_tasks_per_s"] > 0 and drained["ratio_to_bare_durable"] > 0
     groups = ("worker_main", "worker_pool", "postgres_backends", "redis")
     for side in ("nofx_cpu_ms_per_step", "bare_cpu_ms_per_step"):
         cpu = drained[side]
