@@ -12,6 +12,8 @@ Scenarios (each beside bare Celery where there is a bare equivalent, in the same
   scale       GET /runs/{id}, GET /runs?limit=50, /metrics and the reaper's query with
               10k, 100k and 1M finished steps in Postgres, with each query's EXPLAIN
   memory      API and worker resident memory after 1k and 10k runs
+  roundtrips  one statement's latency as a worker sends it, back to back and after 10 ms
+              idle: SELECT 1, a one-row INSERT, a step's claim, its success
   all         every one of them
 
 chain and throughput also run a "durable" bare baseline: the same bare tasks, each
@@ -46,6 +48,7 @@ FULL: dict[str, Callable[[Bench], dict]] = {
     "api": lambda b: scenarios.api_latency(b, requests=400),
     "scale": lambda b: scenarios.scale(b),
     "memory": lambda b: scenarios.memory(b),
+    "roundtrips": lambda b: scenarios.round_trips(b),
 }
 TINY: dict[str, Callable[[Bench], dict]] = {
     "chain": lambda b: scenarios.chain_latency(b, repeat=1, steps=3),
@@ -56,6 +59,7 @@ TINY: dict[str, Callable[[Bench], dict]] = {
     "api": lambda b: scenarios.api_latency(b, levels=(1, 4), requests=8, repeat=1),
     "scale": lambda b: scenarios.scale(b, sizes=(100, 300), samples=2),
     "memory": lambda b: scenarios.memory(b, checkpoints=(5, 10)),
+    "roundtrips": lambda b: scenarios.round_trips(b, calls=3, idle_ms=1),
 }
 
 

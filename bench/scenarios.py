@@ -410,6 +410,74 @@ def _all_finished(bench: Bench, ids: list[str]) -> bool:
     return bool(done == len(ids))
 
 
+# -- 6. round trips ------------------------------------------------------------------------
+
+
+def round_trips(bench: Bench, calls: int = 55, idle_ms: float = 10.0) -> dict:
+    """One statement's latency as a worker sends it (pooled autocommit connection, through the
+    driver), back to back and after ``idle_ms`` of quiet: ``SELECT 1``, a one-row ``INSERT``
+    (what the durable baseline commits twice a task), a step's claim and its success.
+
+    The chain's steps write after a 10 ms sleep, so this shows what each of its round trips
+    costs there, and how much of that is any commit rather than what NOFX records.
+    """
+
+    def measure() -> dict:
+        from nofx import status
+        from nofx.db.engine import fetch_one_by_driver
+
+        run_rows = [_one_step_run(status) for _ in range(2 * calls)]
+        figures: dict[str, dict[str, float]] = {}
+        for mode, gap in (("back_to_back", 0.0), (f"after_{idle_ms:g}_ms_idle", idle_ms / 1000)):
+            timings: dict[str, list[float]] = {"select_1": [], "insert_one_row": [],
+                                               "claim": [], "success": []}
+            for n in range(calls):
+                run_id, step_id = run_rows.pop()
+                claimed: list[Any] = []
+
+                def claim() -> None:
+                    with status.write_connection() as conn:
+                        claimed.append(status.claim_step(conn, run_id, step_id, f"t{n}"))
+
+                def succeed() -> None:
+                    with status.write_connection() as conn:
+                        assert status.succeed_step(conn, run_id, step_id, claimed[0].attempt,
+                                                   {"n": n})
+
+                def select_1() -> None:
+                    with status.write_connection() as conn:
+                        fetch_one_by_driver(conn, "SELECT 1", ())
+
+                def insert_one_row() -> None:
+                    with status.write_connection() as conn:
+                        fetch_one_by_driver(conn, "INSERT INTO bare_transitions (task_id, what)"
+                                                  " VALUES (%s, %s) RETURNING id", (step_id, "x"))
+
+                for name, call in (("select_1", select_1), ("insert_one_row", insert_one_row),
+                                   ("claim", claim), ("success", succeed)):
+                    if gap:
+                        time.sleep(gap)
+                    started = time.perf_counter()
+                    call()
+                    timings[name].append(time.perf_counter() - started)
+            figures[mode] = {f"{name}_us": round(median([t * 1e6 for t in v]))
+                             for name, v in timings.items()}
+        return figures
+
+    return {"calls": calls, "idle_ms": idle_ms, **_in_env(bench, measure)}
+
+
+def _one_step_run(status: Any) -> tuple[str, str]:
+    """A queued one-step ``echo`` run written as the API writes one; its and its step's ids."""
+    run_id, step_id = status.new_id(), status.new_id()
+    step = {"id": step_id, "index": 0, "name": "e0", "tool": "echo", "inputs": {"n": 0},
+            "max_attempts": 3, "timeout_s": 300.0}
+    with status.write_connection() as conn:
+        status.create_run(conn, run_id=run_id, goal="bench", plan=_plan([step])["plan"],
+                          step_rows=[step])
+    return run_id, step_id
+
+
 # -- 5. memory -----------------------------------------------------------------------------
 
 

@@ -100,19 +100,12 @@ def worker(ctx: click.Context) -> None:
                                "help_option_names": []})  # --help is the benchmarks' own
 @click.pass_context
 def bench(ctx: click.Context) -> None:
-    """Run a benchmark from a checkout: nofx bench chain|throughput|api|scale|memory|all [--tiny].
+    """Run a benchmark from a checkout: nofx bench SCENARIO [--tiny] (--help lists them).
 
-    \b
-    chain       40 x 10 ms steps over HTTP, beside a bare Celery chain
-    throughput  1,000 one-step and 100 ten-step runs drained by one worker, beside bare no-ops,
-                and the CPU each side used a step (worker, pool, Postgres, Redis)
-    api         POST /runs and GET /runs/{id} p50/p99 at 1, 8 and 32 clients
-    scale       reads and the reaper's query with 10k, 100k and 1M steps, with EXPLAIN
-    memory      API and worker memory after 1k and 10k runs
-
-    Same as `python -m bench ...`; `nofx bench --help` says how each measures. Results go
-    to bench/results/, published figures and the machine in docs/benchmarks.md. --tiny runs
-    each in seconds.
+    The same as `python -m bench ...`: chain, throughput, api, scale, memory, roundtrips or
+    all, each beside bare Celery where it has an equivalent. `nofx bench --help` is the
+    benchmarks' own help (what each scenario measures). Results go to bench/results/; the
+    published figures and the machine are in docs/benchmarks.md.
     """
     checkout = Path(__file__).resolve().parent.parent  # an editable install's checkout
     if (checkout / "bench" / "__main__.py").exists() and str(checkout) not in sys.path:

@@ -17,6 +17,7 @@ EXPECTED = {
     "api": {"clients_1", "clients_4"},
     "scale": {"steps_100", "steps_300"},
     "memory": {"after_5_runs", "after_10_runs"},
+    "roundtrips": {"back_to_back", "after_1_ms_idle"},
 }
 
 
@@ -28,6 +29,9 @@ def test_every_benchmark_scenario_runs_and_writes_its_figures(tmp_path, services
         result = json.loads((tmp_path / f"{scenario}-tiny.json").read_text())
         assert result["scenario"] == scenario and result["machine"]["cpus"]
         assert keys <= set(result["figures"]), result["figures"]
+    trips = json.loads((tmp_path / "roundtrips-tiny.json").read_text())["figures"]
+    assert set(trips["after_1_ms_idle"]) == {"select_1_us", "insert_one_row_us", "claim_us",
+                                             "success_us"}
     chain = json.loads((tmp_path / "chain-tiny.json").read_text())["figures"]
     assert chain["nofx_s"] > 0 and chain["bare_s"] > 0
     drained = json.loads((tmp_path / "throughput-tiny.json").read_text())["figures"]["10x1"]
