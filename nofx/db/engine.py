@@ -51,8 +51,10 @@ def _ping_when_idle(engine: Engine) -> None:
     client, or the reaper for a step).
     """
 
+    @event.listens_for(engine, "connect")
     @event.listens_for(engine, "checkin")
     def _checked_in(dbapi_conn: Any, record: Any) -> None:
+        # (on connect too: a connection opened a moment ago needs no ping before its use)
         record.info["checked_in_at"] = time.monotonic()
 
     @event.listens_for(engine, "checkout")

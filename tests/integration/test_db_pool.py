@@ -31,6 +31,23 @@ def test_a_connection_the_server_closed_while_idle_is_replaced_not_handed_out(da
     pool.dispose()
 
 
+def test_a_connection_just_opened_is_not_pinged_before_its_first_statement(database,
+                                                                          monkeypatch):
+    # given a new pool, whose checkouts ping connections that sat idle
+    pool = engines._create(database)
+    pings: list[object] = []
+    monkeypatch.setattr(pool.dialect, "do_ping", lambda dbapi_conn: pings.append(dbapi_conn))
+
+    # when its first connection is opened and used, then used again at once
+    for _ in range(2):
+        with pool.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    # then nothing was pinged: a connection opened a moment ago is alive
+    assert pings == []
+    pool.dispose()
+
+
 def _terminate(database: str, pids: list[int]) -> None:
     admin = create_engine(database, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
