@@ -162,9 +162,8 @@ def throughput(bench: Bench, runs: int = 1000, steps_per_run: int = 1, repeat: i
         wait_until(lambda: int(store.get(key) or 0) >= total, timeout=1800, interval=0.01,
                    what="all bare tasks")
         elapsed = time.time() - draining
-        if not chained:
-            (durable_cpu if durable else bare_cpu).append(
-                _cpu_per_step(cpu_before, bench.cpu_seconds("bare-worker"), total))
+        (chained_cpu if chained else durable_cpu if durable else bare_cpu).append(
+            _cpu_per_step(cpu_before, bench.cpu_seconds("bare-worker"), total))
         store.delete(key)
         return total / elapsed
 
@@ -172,6 +171,7 @@ def throughput(bench: Bench, runs: int = 1000, steps_per_run: int = 1, repeat: i
     nofx_cpu: list[dict[str, float]] = []
     bare_cpu: list[dict[str, float]] = []
     durable_cpu: list[dict[str, float]] = []
+    chained_cpu: list[dict[str, float]] = []
     for _ in range(repeat):
         rate, submit_rate = nofx_once()
         nofx.append(rate)
@@ -203,6 +203,7 @@ def throughput(bench: Bench, runs: int = 1000, steps_per_run: int = 1, repeat: i
             "bare_chained_tasks_per_s": round(median(chained), 1),
             "ratio_to_bare_chains": round(median(nofx) / median(chained), 3),
             "bare_chained_all": [round(v, 1) for v in chained],
+            "bare_chained_cpu_ms_per_step": _median_each(chained_cpu),
         })
     return figures
 
