@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -69,15 +70,58 @@ def main(argv: list[str] | None = None, prog: str = "python -m bench") -> int:
     parser.add_argument("scenario", choices=[*FULL, "all"])
     parser.add_argument("--tiny", action="store_true", help="seconds-long smoke versions")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where JSON results go")
+    parser.add_argument("--invocations", type=int, default=1, metavar="N",
+                        help="run each scenario N times, each on a fresh bench, and summarise "
+                             "every figure as the median of the N, with its range (this "
+                             "machine's speed drifts; one invocation is not a measurement)")
     args = parser.parse_args(argv)
+    if args.invocations < 1:
+        parser.error("--invocations must be at least 1")
     table = TINY if args.tiny else FULL
     names = list(table) if args.scenario == "all" else [args.scenario]
     for name in names:
-        result = run_one(name, table[name], tiny=args.tiny)
-        path = write(args.out, name, result, tiny=args.tiny)
-        print_table(name, result["figures"])
+        if args.invocations == 1:
+            result = run_one(name, table[name], tiny=args.tiny)
+            path = write(args.out, name, result, tiny=args.tiny)
+            print_table(name, result["figures"])
+            print(f"  -> {path}\n")
+            continue
+        results = []
+        for i in range(1, args.invocations + 1):
+            results.append(run_one(name, table[name], tiny=args.tiny))
+            path = write(args.out, name, results[-1], tiny=args.tiny, suffix=f"-{i}")
+            print(f"== {name}: invocation {i} of {args.invocations} -> {path}", flush=True)
+        summary = summarise(results)
+        path = write(args.out, name, summary, tiny=args.tiny, suffix="-summary")
+        print(f"== {name}: median of {args.invocations} invocations [lowest - highest]")
+        for key, each in summary["figures"].items():
+            print(f"  {key:<44} {each['median']:<10} [{each['min']} - {each['max']}]")
         print(f"  -> {path}\n")
     return 0
+
+
+def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every numeric figure of several invocations (nested keys joined by dots): the median,
+    the lowest, the highest and each invocation's value, in order."""
+    flat = [_numbers(r["figures"]) for r in results]
+    figures = {}
+    for key in flat[0]:
+        values = [f[key] for f in flat if key in f]
+        figures[key] = {"median": statistics.median(values), "min": min(values),
+                        "max": max(values), "all": values}
+    return {"scenario": results[0]["scenario"], "tiny": results[0]["tiny"],
+            "machine": results[0]["machine"], "invocations": len(results),
+            "started_at": results[0]["started_at"], "figures": figures}
+
+
+def _numbers(figures: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    found: dict[str, float] = {}
+    for key, value in figures.items():
+        if isinstance(value, dict):
+            found.update(_numbers(value, f"{prefix}{key}."))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            found[f"{prefix}{key}"] = value
+    return found
 
 
 def run_one(name: str, scenario: Callable[[Bench], dict], tiny: bool) -> dict[str, Any]:
@@ -92,9 +136,9 @@ def run_one(name: str, scenario: Callable[[Bench], dict], tiny: bool) -> dict[st
             "duration_s": round(time.time() - started, 1), "figures": figures}
 
 
-def write(out: Path, name: str, result: dict[str, Any], tiny: bool) -> Path:
+def write(out: Path, name: str, result: dict[str, Any], tiny: bool, suffix: str = "") -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{name}{'-tiny' if tiny else ''}.json"
+    path = out / f"{name}{'-tiny' if tiny else ''}{suffix}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     return path
 

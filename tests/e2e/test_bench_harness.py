@@ -61,3 +61,19 @@ def test_nofx_bench_finds_the_checkout_from_any_directory(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.startswith("usage: nofx bench"), done.stdout
     assert "throughput  1,000 one-step" in done.stdout  # the scenarios, as bench describes them
+
+
+def test_several_invocations_are_summarised_as_medians_with_their_range(tmp_path, services):
+    done = subprocess.run([sys.executable, "-m", "bench", "roundtrips", "--tiny",
+                           "--invocations", "3", "--out", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    runs = [json.loads((tmp_path / f"roundtrips-tiny-{i}.json").read_text()) for i in (1, 2, 3)]
+    summary = json.loads((tmp_path / "roundtrips-tiny-summary.json").read_text())
+    assert summary["invocations"] == 3
+    claims = sorted(r["figures"]["back_to_back"]["claim_us"] for r in runs)
+    # each numeric figure: the median of the invocations, and the lowest and highest
+    assert summary["figures"]["back_to_back.claim_us"] == {
+        "median": claims[1], "min": claims[0], "max": claims[2], "all": [
+            r["figures"]["back_to_back"]["claim_us"] for r in runs]}
+    assert "back_to_back.claim_us" in done.stdout and "median" in done.stdout
