@@ -33,7 +33,8 @@ from sqlalchemy.dialects.postgresql import JSONB
 
 from nofx.db import counters
 from nofx.db.counters import Tally, run_status, step_status
-from nofx.db.engine import autocommit, fetch_one_by_driver, transaction
+from nofx.db.engine import (autocommit, fetch_one_by_driver, get_engine, held_connection,
+                             transaction)
 from nofx.db.models import UTCDateTime, artifacts, events, runs, steps
 from nofx.domain import RUN_ACTIVE, RUN_RESUMABLE, STEP_ACTIVE, RunStatus, StepStatus
 
@@ -446,6 +447,20 @@ def write_connection() -> Iterator[Connection]:
     elsewhere (``autocommit()`` is one on SQLite)."""
     with (autocommit() if ONE_STATEMENT else transaction()) as conn:
         yield conn
+
+
+@contextmanager
+def step_connection() -> Iterator[Connection]:
+    """The connection for a worker's :func:`claim_step` and :func:`succeed_step`: on
+    Postgres, an autocommit connection the worker's thread keeps checked out between steps
+    (``held_connection``: two writes a step, no pool checkout around each); elsewhere what
+    :func:`write_connection` gives."""
+    if ONE_STATEMENT and get_engine().dialect.name == "postgresql":
+        with held_connection() as conn:
+            yield conn
+    else:
+        with write_connection() as conn:
+            yield conn
 
 
 def _one_statement(conn: Connection) -> bool:

@@ -54,8 +54,10 @@ def _ping_when_idle(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     @event.listens_for(engine, "checkin")
     def _checked_in(dbapi_conn: Any, record: Any) -> None:
-        # (on connect too: a connection opened a moment ago needs no ping before its use)
-        record.info["checked_in_at"] = time.monotonic()
+        # (on connect too: a connection opened a moment ago needs no ping before its use).
+        # A connection held out of the pool (held_connection) has been idle since its last
+        # use, not since it came back: its next checkout pings it if that was long ago.
+        record.info["checked_in_at"] = record.info.pop("used_at", None) or time.monotonic()
 
     @event.listens_for(engine, "checkout")
     def _checked_out(dbapi_conn: Any, record: Any, proxy: Any) -> None:
@@ -115,6 +117,58 @@ def autocommit(url: str | None = None) -> Iterator[Connection]:
         yield conn.execution_options(isolation_level="AUTOCOMMIT")
 
 
+#: How long a thread keeps a held connection out of the pool before giving it back once, so
+#: that the pool's recycling (``pool_recycle``) reaches it as it reaches every connection.
+HOLD_S = 60.0
+
+_held = threading.local()
+
+
+@contextmanager
+def held_connection(url: str | None = None) -> Iterator[Connection]:
+    """An autocommit connection this thread keeps checked out between uses.
+
+    For a worker's step transitions (a claim and a success a step, one statement each):
+    checking a pooled connection out and back in around each costs ~0.1 ms of a chain step
+    on the benchmark machine (docs/benchmarks.md). The connection goes back to the pool, and
+    the next use checks one out afresh, when it sat idle longer than ``PING_AFTER_IDLE_S``
+    (the checkout then pings it, as it pings any idle connection), when it was held for
+    ``HOLD_S``, when it was invalidated, and when a block raised (the pool's reset then deals
+    with whatever state the error left it in). Postgres only: each statement must be its own
+    transaction (``autocommit``), which only ``nofx.status``'s one-statement path is.
+    """
+    engine = get_engine(url)
+    held: dict[Engine, tuple[Connection, float]] = _held.__dict__.setdefault("connections", {})
+    now = time.monotonic()
+    entry = held.get(engine)
+    if entry is not None:
+        conn, taken_at = entry
+        if (conn.invalidated or now - taken_at > HOLD_S
+                or now - conn.info.get("used_at", now) > PING_AFTER_IDLE_S):
+            del held[engine]
+            conn.close()
+            entry = None
+    if entry is None:
+        conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        entry = held[engine] = (conn, now)
+    conn = entry[0]
+    try:
+        yield conn
+    except BaseException as error:
+        held.pop(engine, None)
+        if not isinstance(error, exc.DBAPIError) and not conn.invalidated:
+            # Not the database's answer (a time limit's signal, say): it may have interrupted
+            # a statement, leaving the connection mid-query. Closing it would send a ROLLBACK
+            # that fails and hides this error; it is not reused either way.
+            conn.invalidate()
+        conn.close()
+        raise
+    if conn.in_transaction():  # SQLAlchemy's own begin(); nothing is sent in autocommit
+        conn.rollback()
+    if not conn.invalidated:
+        conn.info["used_at"] = time.monotonic()
+
+
 def fetch_one_by_driver(conn: Connection, sql: str, params: tuple[Any, ...]) -> Any:
     """Send ``sql`` (``%s`` placeholders) straight through ``conn``'s driver; its first row.
 
@@ -159,6 +213,12 @@ reading = autocommit
 def dispose_engines(close: bool = True) -> None:
     """Drop every pool: on shutdown (``close``), and in a forked child (``close=False``: the
     connections are the parent's; closing them here would end them for the parent too)."""
+    global _held
+    connections = _held.__dict__.get("connections", {})
+    _held = threading.local()
+    if close:  # this thread's held connections (a forked child's are its parent's: dropped)
+        for conn, _ in connections.values():
+            conn.close()
     with _lock:
         for engine in _engines.values():
             engine.dispose(close=close)

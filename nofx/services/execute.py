@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 def claim(run_id: str, step_id: str, task_id: str) -> status.ClaimedStep | None:
     """Take the step for one attempt, or ``None`` when it is not ours to run."""
-    with status.write_connection() as conn:
+    with status.step_connection() as conn:
         return status.claim_step(conn, run_id, step_id, task_id)
 
 
@@ -69,7 +69,7 @@ def run_claimed(step: status.ClaimedStep) -> dict[str, Any]:
     with HEARTBEATS.holding(step):
         result = tool.run(inputs, ctx)
         stored = [store_artifact(step, artifact) for artifact in result.artifacts]
-    with status.write_connection() as conn:
+    with status.step_connection() as conn:
         done = status.succeed_step(conn, step.run_id, step.id, step.attempt, result.outputs, stored)
     if not done:
         raise StepLost(f"step {step.id} attempt {step.attempt} was cancelled or reaped meanwhile")

@@ -3,6 +3,7 @@ connection found by a statement sent through the driver leaves the pool."""
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 
@@ -154,3 +155,146 @@ def test_an_idle_worker_holds_no_database_connection_after_checking_the_schema(s
         assert pg_connections(tag) == 0
     finally:
         worker.stop()
+
+
+# -- the connection a worker keeps for its step transitions ------------------------------
+
+
+@pytest.fixture()
+def held_url(database):
+    # a URL of its own, so these tests have their own engine (and pool) in this process
+    url = f"{database}{'&' if '?' in database else '?'}application_name=held-{time.time_ns()}"
+    yield url
+    engines.dispose_engines()
+
+
+def _backend_pid(conn) -> int:
+    return engines.fetch_one_by_driver(conn, "SELECT pg_backend_pid()", ())[0]
+
+
+def test_a_thread_keeps_one_connection_checked_out_across_its_step_writes(held_url):
+    checkouts: list[object] = []
+    from sqlalchemy import event
+
+    event.listen(engines.get_engine(held_url), "checkout", lambda *a: checkouts.append(a))
+    pids = []
+    for _ in range(3):
+        with engines.held_connection(held_url) as conn:
+            pids.append(_backend_pid(conn))
+            # autocommit: each statement is its own transaction, committed as it returns
+            assert engines.fetch_one_by_driver(
+                conn, "SELECT current_setting('transaction_isolation')", ()) is not None
+    assert len(set(pids)) == 1 and len(checkouts) == 1
+
+    # and another thread gets a connection of its own
+    import threading
+
+    other: list[int] = []
+
+    def _in_thread() -> None:
+        with engines.held_connection(held_url) as conn:
+            other.append(_backend_pid(conn))
+
+    thread = threading.Thread(target=_in_thread)
+    thread.start()
+    thread.join()
+    assert other and other[0] != pids[0]
+
+
+def test_a_held_connection_commits_each_statement_as_it_returns(held_url, database):
+    with engines.held_connection(held_url) as conn:
+        conn.exec_driver_sql("CREATE TABLE IF NOT EXISTS held_probe (x integer)")
+        engines.fetch_one_by_driver(conn, "INSERT INTO held_probe VALUES (%s) RETURNING x", (1,))
+    try:
+        # seen from another connection while the first is still held: committed
+        other = create_engine(database)
+        with other.connect() as conn:
+            assert conn.execute(text("SELECT array_agg(x) FROM held_probe")).scalar() == [1]
+        other.dispose()
+    finally:
+        with engines.held_connection(held_url) as conn:
+            conn.exec_driver_sql("DROP TABLE held_probe")
+
+
+def test_a_held_connection_that_sat_idle_goes_back_and_its_dead_server_is_not_used(
+        held_url, database, monkeypatch):
+    # given a held connection whose server process ended while it sat idle
+    monkeypatch.setattr(engines, "PING_AFTER_IDLE_S", 0.2)
+    with engines.held_connection(held_url) as conn:
+        pid = _backend_pid(conn)
+    _terminate(database, [pid])
+    time.sleep(0.3)
+
+    # when the thread writes again, then it does so on a live connection, not an error
+    with engines.held_connection(held_url) as conn:
+        assert _backend_pid(conn) != pid
+
+
+def test_a_block_that_raised_gives_its_connection_back_and_the_next_one_works(held_url):
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    def _limit(signum: int, frame: object) -> None:
+        raise SoftTimeLimitExceeded()
+
+    # given a time limit that fires while a held connection's statement is running
+    previous = signal.signal(signal.SIGALRM, _limit)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        with pytest.raises(SoftTimeLimitExceeded):
+            with engines.held_connection(held_url) as conn:
+                engines.fetch_one_by_driver(conn, "SELECT pg_sleep(2)", ())
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+    # then the next block works (the interrupted connection went back to the pool's reset)
+    with engines.held_connection(held_url) as conn:
+        assert engines.fetch_one_by_driver(conn, "SELECT %s::int * 2", (21,)) == (42,)
+
+
+def test_a_disconnect_while_held_fails_that_statement_only(held_url, database):
+    # given a held, hot connection whose server process is then terminated
+    with engines.held_connection(held_url) as conn:
+        pid = _backend_pid(conn)
+    _terminate(database, [pid])
+
+    # when the thread writes at once (not idle long enough to be pinged): that write fails,
+    # as SQLAlchemy says a disconnect does, and the next one works on a new connection
+    with pytest.raises(exc.DBAPIError) as raised:
+        with engines.held_connection(held_url) as conn:
+            _backend_pid(conn)
+    assert raised.value.connection_invalidated
+    with engines.held_connection(held_url) as conn:
+        assert _backend_pid(conn) != pid
+
+
+def test_a_held_connection_goes_back_to_the_pool_after_a_while(held_url, monkeypatch):
+    # so that the pool's recycling reaches it as it does every connection
+    monkeypatch.setattr(engines, "HOLD_S", 0.0)
+    checkins: list[object] = []
+    from sqlalchemy import event
+
+    event.listen(engines.get_engine(held_url), "checkin", lambda *a: checkins.append(a))
+    for _ in range(3):
+        with engines.held_connection(held_url) as conn:
+            _backend_pid(conn)
+    assert len(checkins) == 2  # given back before the 2nd and the 3rd block
+
+
+def test_a_forked_child_does_not_use_its_parents_held_connection(held_url):
+    with engines.held_connection(held_url) as conn:
+        parent = _backend_pid(conn)
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: drop the parent's pools and connections, as a pool process does
+        try:
+            engines.dispose_engines(close=False)
+            with engines.held_connection(held_url) as conn:
+                os.write(write, str(_backend_pid(conn)).encode())
+        finally:
+            os._exit(0)
+    os.waitpid(child, 0)
+    assert int(os.read(read, 32)) != parent
+    # and the parent's connection still works
+    with engines.held_connection(held_url) as conn:
+        assert _backend_pid(conn) == parent

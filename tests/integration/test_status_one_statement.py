@@ -147,3 +147,32 @@ def test_migration_0003_adds_and_removes_the_functions():
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def test_a_workers_claim_and_success_share_the_connection_its_thread_holds(database,
+                                                                           monkeypatch):
+    from nofx.db import engine as engines
+    from nofx.services import execute
+    from tests.support.api import settings_env
+
+    run_id, step_id = status.new_id(), status.new_id()
+    with settings_env(NOFX_DATABASE_URL=database, NOFX_LLM_PROVIDER="offline"):
+        with status.write_connection() as conn:
+            status.create_run(conn, run_id=run_id, goal="g", plan={}, step_rows=[
+                {"id": step_id, "index": 0, "name": "s0", "tool": "echo",
+                 "inputs": {"text": "hi"}, "max_attempts": 2, "timeout_s": 5.0}])
+        used: list[int] = []
+        real = engines.fetch_one_by_driver
+
+        def spy(conn: Any, sql: str, params: tuple) -> Any:
+            used.append(id(conn))
+            return real(conn, sql, params)
+
+        monkeypatch.setattr(status, "fetch_one_by_driver", spy)
+        step = execute.claim(run_id, step_id, "t-1")
+        assert step is not None and execute.run_claimed(step) == {"text": "hi"}
+
+    # one connection for both, kept checked out by this thread for its next step
+    assert len(used) == 2 and used[0] == used[1]
+    held = engines._held.__dict__.get("connections", {})
+    assert used[0] in {id(conn) for conn, _ in held.values()}
