@@ -107,7 +107,7 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
     figures = {}
     for key in flat[0]:
         values = [f[key] for f in flat if key in f]
-        figures[key] = {"median": statistics.median(values), "min": min(values),
+        figures[key] = {"median": round(statistics.median(values), 4), "min": min(values),
                         "max": max(values), "all": values}
     return {"scenario": results[0]["scenario"], "tiny": results[0]["tiny"],
             "machine": results[0]["machine"], "invocations": len(results),
