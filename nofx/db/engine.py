@@ -129,12 +129,13 @@ def held_connection(url: str | None = None) -> Iterator[Connection]:
     """An autocommit connection this thread keeps checked out between uses.
 
     For a worker's step transitions (a claim and a success a step, one statement each):
-    checking a pooled connection out and back in around each costs ~0.1 ms of a chain step
-    on the benchmark machine (docs/benchmarks.md). The connection goes back to the pool, and
+    checking a pooled connection out and back in around each cost a chain ~0.4 ms a step on
+    the benchmark machine (docs/benchmarks.md). The connection goes back to the pool, and
     the next use checks one out afresh, when it sat idle longer than ``PING_AFTER_IDLE_S``
     (the checkout then pings it, as it pings any idle connection), when it was held for
-    ``HOLD_S``, when it was invalidated, and when a block raised (the pool's reset then deals
-    with whatever state the error left it in). Postgres only: each statement must be its own
+    ``HOLD_S``, when it was invalidated, and when a block raised (after the database's own
+    errors it goes back as after any statement; after anything else, which may have cut a
+    statement short, it is invalidated, not reused). Postgres only: each statement must be its own
     transaction (``autocommit``), which only ``nofx.status``'s one-statement path is.
     """
     engine = get_engine(url)
@@ -143,10 +144,11 @@ def held_connection(url: str | None = None) -> Iterator[Connection]:
     entry = held.get(engine)
     if entry is not None:
         conn, taken_at = entry
-        if (conn.invalidated or now - taken_at > HOLD_S
+        if (conn.closed or conn.invalidated or now - taken_at > HOLD_S
                 or now - conn.info.get("used_at", now) > PING_AFTER_IDLE_S):
             del held[engine]
-            conn.close()
+            if not conn.closed:
+                conn.close()
             entry = None
     if entry is None:
         conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
