@@ -444,7 +444,8 @@ def _succeed_step_sql(conn: Connection, run_id: str, step_id: str, attempt: int,
 def write_connection() -> Iterator[Connection]:
     """The connection for :func:`create_run`, :func:`claim_step` and :func:`succeed_step`:
     autocommit on Postgres, where each is one statement (one round trip); a transaction
-    elsewhere (``autocommit()`` is one on SQLite)."""
+    elsewhere (``autocommit()`` is one on SQLite). A worker's steps use
+    :func:`step_connection` for the last two."""
     with (autocommit() if ONE_STATEMENT else transaction()) as conn:
         yield conn
 
