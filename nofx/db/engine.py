@@ -96,7 +96,7 @@ def _create_sqlite(url: str) -> Engine:
 @contextmanager
 def transaction(url: str | None = None) -> Iterator[Connection]:
     """One database transaction: committed when the block ends, rolled back if it raises."""
-    with get_engine(url).begin() as conn:
+    with get_engine(url).connect() as conn, conn.begin(), _not_reused_if_cut_short(conn):
         yield conn
 
 
@@ -113,8 +113,36 @@ def autocommit(url: str | None = None) -> Iterator[Connection]:
         with engine.begin() as conn:
             yield conn
         return
-    with engine.connect() as conn:
+    with engine.connect() as conn, _not_reused_if_cut_short(conn):
         yield conn.execution_options(isolation_level="AUTOCOMMIT")
+
+
+@contextmanager
+def _not_reused_if_cut_short(conn: Connection) -> Iterator[None]:
+    """Invalidate ``conn`` when the block raised while its driver was still in a statement.
+
+    Celery raises a step's soft time limit from a signal handler, wherever the task is: if
+    that is while psycopg waits for the server, the connection is left mid-statement, and
+    rolling it back (what ending the block does) fails with "another command is already in
+    progress", which would replace the time limit with a database error (and a step that
+    timed out would be recorded as failed). An invalidated connection is closed instead,
+    and the server ends the statement and its transaction.
+    """
+    try:
+        yield
+    except BaseException as error:
+        if not isinstance(error, exc.DBAPIError) and _cut_short(conn):
+            conn.invalidate()
+        raise
+
+
+def _cut_short(conn: Connection) -> bool:
+    """Whether ``conn``'s driver is still in the middle of a statement."""
+    if conn.closed or conn.invalidated:
+        return False
+    info = getattr(conn.connection.dbapi_connection, "info", None)  # psycopg's; not sqlite3's
+    status = getattr(info, "transaction_status", None)
+    return getattr(status, "name", None) == "ACTIVE"
 
 
 #: How long a thread keeps a held connection out of the pool before giving it back once, so
@@ -133,9 +161,8 @@ def held_connection(url: str | None = None) -> Iterator[Connection]:
     the benchmark machine (docs/benchmarks.md). The connection goes back to the pool, and
     the next use checks one out afresh, when it sat idle longer than ``PING_AFTER_IDLE_S``
     (the checkout then pings it, as it pings any idle connection), when it was held for
-    ``HOLD_S``, when it was invalidated, and when a block raised (after the database's own
-    errors it goes back as after any statement; after anything else, which may have cut a
-    statement short, it is invalidated, not reused). Postgres only: each statement must be its own
+    ``HOLD_S``, when it was invalidated, and when a block raised (invalidated if that cut a
+    statement short: see ``_not_reused_if_cut_short``). Postgres only: each statement must be its own
     transaction (``autocommit``), which only ``nofx.status``'s one-statement path is.
     """
     engine = get_engine(url)
@@ -155,14 +182,10 @@ def held_connection(url: str | None = None) -> Iterator[Connection]:
         entry = held[engine] = (conn, now)
     conn = entry[0]
     try:
-        yield conn
-    except BaseException as error:
+        with _not_reused_if_cut_short(conn):
+            yield conn
+    except BaseException:
         held.pop(engine, None)
-        if not isinstance(error, exc.DBAPIError) and not conn.invalidated:
-            # Not the database's answer (a time limit's signal, say): it may have interrupted
-            # a statement, leaving the connection mid-query. Closing it would send a ROLLBACK
-            # that fails and hides this error; it is not reused either way.
-            conn.invalidate()
         conn.close()
         raise
     if conn.in_transaction():  # SQLAlchemy's own begin(); nothing is sent in autocommit

@@ -298,3 +298,48 @@ def test_a_forked_child_does_not_use_its_parents_held_connection(held_url):
     # and the parent's connection still works
     with engines.held_connection(held_url) as conn:
         assert _backend_pid(conn) == parent
+
+
+@pytest.mark.parametrize("block", ["transaction", "autocommit"])
+def test_a_time_limit_during_a_statement_in_a_block_comes_out_as_itself(held_url, block):
+    # given a step's soft time limit firing while a statement of one of its blocks runs (a
+    # usage event written as the model answered at the limit, say)
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    def _limit(signum: int, frame: object) -> None:
+        raise SoftTimeLimitExceeded()
+
+    previous = signal.signal(signal.SIGALRM, _limit)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        # then the block raises the time limit, not the failed ROLLBACK of a connection
+        # still busy with the statement (which would record "failed", not "timed_out")
+        with pytest.raises(SoftTimeLimitExceeded):
+            with getattr(engines, block)(held_url) as conn:
+                conn.execute(text("SELECT pg_sleep(2)"))
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+    # and the pool goes on with working connections
+    for _ in range(3):
+        with getattr(engines, block)(held_url) as conn:
+            assert conn.execute(text("SELECT 1")).scalar() == 1
+
+
+def test_a_python_error_between_statements_rolls_back_and_keeps_the_connection(held_url):
+    with engines.transaction(held_url) as conn:
+        conn.execute(text("CREATE TABLE IF NOT EXISTS rollback_probe (x integer)"))
+    pid = None
+    try:
+        with pytest.raises(ValueError):
+            with engines.transaction(held_url) as conn:
+                pid = conn.execute(text("SELECT pg_backend_pid()")).scalar()
+                conn.execute(text("INSERT INTO rollback_probe VALUES (1)"))
+                raise ValueError("not the database's")
+        with engines.transaction(held_url) as conn:
+            assert conn.execute(text("SELECT count(*) FROM rollback_probe")).scalar() == 0
+            assert conn.execute(text("SELECT pg_backend_pid()")).scalar() == pid
+    finally:
+        with engines.transaction(held_url) as conn:
+            conn.execute(text("DROP TABLE rollback_probe"))
