@@ -161,9 +161,10 @@ def held_connection(url: str | None = None) -> Iterator[Connection]:
     the benchmark machine (docs/benchmarks.md). The connection goes back to the pool, and
     the next use checks one out afresh, when it sat idle longer than ``PING_AFTER_IDLE_S``
     (the checkout then pings it, as it pings any idle connection), when it was held for
-    ``HOLD_S``, when it was invalidated, and when a block raised (invalidated if that cut a
-    statement short: see ``_not_reused_if_cut_short``). Postgres only: each statement must be its own
-    transaction (``autocommit``), which only ``nofx.status``'s one-statement path is.
+    ``HOLD_S``, when it was invalidated, and when a block raised (invalidated if that cut
+    a statement short: see ``_not_reused_if_cut_short``). Postgres only: each statement must
+    be its own transaction (``autocommit``), which only ``nofx.status``'s one-statement path
+    is.
     """
     engine = get_engine(url)
     held: dict[Engine, tuple[Connection, float]] = _held.__dict__.setdefault("connections", {})
