@@ -151,7 +151,11 @@ def test_an_idle_worker_holds_no_database_connection_after_checking_the_schema(s
         wait_until(lambda: "database schema is current" in worker.log(), timeout=30,
                    what="the worker's schema check")
 
-        # then its main process kept no connection (it runs no steps; its pool has run none)
+        # then its main process kept no connection (it runs no steps; its pool has run none):
+        # the count drops to 0 as the closed connection's server process exits, and stays
+        wait_until(lambda: pg_connections(tag) == 0, timeout=5,
+                   what="the worker's connections to close")
+        time.sleep(0.5)
         assert pg_connections(tag) == 0
     finally:
         worker.stop()
@@ -293,8 +297,11 @@ def test_a_forked_child_does_not_use_its_parents_held_connection(held_url):
                 os.write(write, str(_backend_pid(conn)).encode())
         finally:
             os._exit(0)
+    os.close(write)  # so that a child that died before writing reads as nothing, not a hang
     os.waitpid(child, 0)
-    assert int(os.read(read, 32)) != parent
+    said = os.read(read, 32)
+    os.close(read)
+    assert said and int(said) != parent
     # and the parent's connection still works
     with engines.held_connection(held_url) as conn:
         assert _backend_pid(conn) == parent
