@@ -131,7 +131,7 @@ def run_one(name: str, scenario: Callable[[Bench], dict], tiny: bool) -> dict[st
         figures = scenario(bench)
     finally:
         bench.close()
-    return {"scenario": name, "tiny": tiny, "machine": machine(),
+    return {"scenario": name, "tiny": tiny, "machine": machine(), "bench_id": bench.id,
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
             "duration_s": round(time.time() - started, 1), "figures": figures}
 

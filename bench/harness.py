@@ -142,6 +142,13 @@ class Bench:
         with self._admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)'))
         self._admin.dispose()
+        # and its queues' keys in Redis (kombu's bindings, what was left in a queue)
+        import redis
+
+        store = redis.Redis.from_url(REDIS_URL)
+        stale = list(store.scan_iter(match=f"*{self.id}*", count=1000))
+        if stale:
+            store.delete(*stale)
 
 
 def cpu_used(before: dict[str, dict[int, float]],

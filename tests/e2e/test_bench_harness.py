@@ -30,6 +30,15 @@ def test_every_benchmark_scenario_runs_and_writes_its_figures(tmp_path, services
         assert result["scenario"] == scenario and result["machine"]["cpus"]
         assert keys <= set(result["figures"]), result["figures"]
     trips = json.loads((tmp_path / "roundtrips-tiny.json").read_text())["figures"]
+    import redis
+
+    from bench.harness import REDIS_URL
+
+    # each bench leaves nothing behind in Redis either (its queues' names carry its id)
+    ids = {json.loads(p.read_text()).get("bench_id") for p in tmp_path.glob("*-tiny.json")}
+    assert None not in ids
+    store = redis.Redis.from_url(REDIS_URL)
+    assert not [k for i in ids for k in store.scan_iter(match=f"*{i}*")]
     assert set(trips["after_1_ms_idle"]) == {"select_1_us", "insert_one_row_us", "claim_us",
                                              "success_us"}
     chain = json.loads((tmp_path / "chain-tiny.json").read_text())["figures"]
