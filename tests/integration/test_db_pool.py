@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import signal
 import time
+from contextlib import contextmanager
+from typing import Iterator
 
 import pytest
 from sqlalchemy import create_engine, exc, text
@@ -47,6 +49,24 @@ def test_a_connection_just_opened_is_not_pinged_before_its_first_statement(datab
     # then nothing was pinged: a connection opened a moment ago is alive
     assert pings == []
     pool.dispose()
+
+
+@contextmanager
+def _soft_time_limit_in(seconds: float) -> Iterator[None]:
+    """Raise Celery's SoftTimeLimitExceeded from a signal handler ``seconds`` into the block,
+    wherever the code then is (as a prefork child's soft time limit does)."""
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    def _limit(signum: int, frame: object) -> None:
+        raise SoftTimeLimitExceeded()
+
+    previous = signal.signal(signal.SIGALRM, _limit)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _terminate(database: str, pids: list[int]) -> None:
@@ -113,23 +133,16 @@ def test_a_time_limit_raised_while_the_driver_waits_comes_out_as_itself(database
     # SoftTimeLimitExceeded from a signal handler, as here)
     from celery.exceptions import SoftTimeLimitExceeded
 
-    def _limit(signum: int, frame: object) -> None:
-        raise SoftTimeLimitExceeded()
-
     pool = engines._create(database)
-    previous = signal.signal(signal.SIGALRM, _limit)
     try:
         with pool.connect() as conn:
             conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-            signal.setitimer(signal.ITIMER_REAL, 0.2)
             # then it is not wrapped in SQLAlchemy's StatementError: the task's handler for
             # time limits still sees it
-            with pytest.raises(SoftTimeLimitExceeded):
+            with pytest.raises(SoftTimeLimitExceeded), _soft_time_limit_in(0.2):
                 engines.fetch_one_by_driver(conn, "SELECT pg_sleep(5)", ())
             conn.invalidate()  # the interrupted statement's connection is not reused
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
         pool.dispose()
 
 
@@ -237,19 +250,10 @@ def test_a_held_connection_that_sat_idle_goes_back_and_its_dead_server_is_not_us
 def test_a_block_that_raised_gives_its_connection_back_and_the_next_one_works(held_url):
     from celery.exceptions import SoftTimeLimitExceeded
 
-    def _limit(signum: int, frame: object) -> None:
-        raise SoftTimeLimitExceeded()
-
     # given a time limit that fires while a held connection's statement is running
-    previous = signal.signal(signal.SIGALRM, _limit)
-    try:
-        signal.setitimer(signal.ITIMER_REAL, 0.2)
-        with pytest.raises(SoftTimeLimitExceeded):
-            with engines.held_connection(held_url) as conn:
-                engines.fetch_one_by_driver(conn, "SELECT pg_sleep(2)", ())
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+    with pytest.raises(SoftTimeLimitExceeded), _soft_time_limit_in(0.2):
+        with engines.held_connection(held_url) as conn:
+            engines.fetch_one_by_driver(conn, "SELECT pg_sleep(2)", ())
 
     # then the next block works (the interrupted connection went back to the pool's reset)
     with engines.held_connection(held_url) as conn:
@@ -313,20 +317,11 @@ def test_a_time_limit_during_a_statement_in_a_block_comes_out_as_itself(held_url
     # usage event written as the model answered at the limit, say)
     from celery.exceptions import SoftTimeLimitExceeded
 
-    def _limit(signum: int, frame: object) -> None:
-        raise SoftTimeLimitExceeded()
-
-    previous = signal.signal(signal.SIGALRM, _limit)
-    try:
-        signal.setitimer(signal.ITIMER_REAL, 0.2)
-        # then the block raises the time limit, not the failed ROLLBACK of a connection
-        # still busy with the statement (which would record "failed", not "timed_out")
-        with pytest.raises(SoftTimeLimitExceeded):
-            with getattr(engines, block)(held_url) as conn:
-                conn.execute(text("SELECT pg_sleep(2)"))
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+    # then the block raises the time limit, not the failed ROLLBACK of a connection still
+    # busy with the statement (which would record "failed", not "timed_out")
+    with pytest.raises(SoftTimeLimitExceeded), _soft_time_limit_in(0.2):
+        with getattr(engines, block)(held_url) as conn:
+            conn.execute(text("SELECT pg_sleep(2)"))
 
     # and the pool goes on with working connections
     for _ in range(3):
