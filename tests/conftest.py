@@ -63,6 +63,20 @@ def pytest_configure(config: pytest.Config) -> None:
     reset_settings()
 
 
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Drop what the session's queue left in Redis (kombu's binding sets, leftover messages);
+    a test run should not leave keys behind on a shared broker."""
+    import redis
+
+    try:
+        store = redis.Redis.from_url(REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+        stale = list(store.scan_iter(match=f"*nofx-test-{SESSION}*", count=1000))
+        if stale:
+            store.delete(*stale)
+    except redis.RedisError:
+        pass  # Redis is down: nothing to tidy, and the run's verdict is already in
+
+
 @pytest.fixture(scope="session")
 def logs_dir() -> Path:
     path = Path(os.environ["NOFX_DATA_DIR"]) / "logs"
