@@ -64,15 +64,28 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    """Drop what the session's queue left in Redis (kombu's binding sets, leftover messages);
-    a test run should not leave keys behind on a shared broker."""
+    """Drop what the session's queues left in Redis (every test queue is named after
+    ``NOFX_QUEUE``): kombu's binding sets, leftover messages, and the unacknowledged
+    deliveries of workers the tests killed, which kombu would otherwise put back into those
+    queues a day later. A test run should not leave keys behind on a shared broker."""
+    import json
+
     import redis
 
+    prefix = f"nofx-test-{SESSION}"
     try:
         store = redis.Redis.from_url(REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
-        stale = list(store.scan_iter(match=f"*nofx-test-{SESSION}*", count=1000))
+        stale = list(store.scan_iter(match=f"*{prefix}*", count=1000))
         if stale:
             store.delete(*stale)
+        for tag, delivery in store.hscan_iter("unacked"):
+            try:
+                routing_key = str(json.loads(delivery)[2])
+            except (ValueError, IndexError, TypeError):
+                continue  # not a kombu delivery: not ours to judge
+            if routing_key.startswith(prefix):
+                store.hdel("unacked", tag)
+                store.zrem("unacked_index", tag)
     except redis.RedisError:
         pass  # Redis is down: nothing to tidy, and the run's verdict is already in
 

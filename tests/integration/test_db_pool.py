@@ -156,7 +156,7 @@ def test_an_idle_worker_holds_no_database_connection_after_checking_the_schema(s
     # given a worker whose connections are named in pg_stat_activity, on its own queue
     tag = f"idle-worker-{uuid.uuid4().hex[:8]}"
     url = stack_env["NOFX_DATABASE_URL"]
-    env = {**stack_env, "NOFX_QUEUE": tag,
+    env = {**stack_env, "NOFX_QUEUE": f"{stack_env['NOFX_QUEUE']}-{tag}",
            "NOFX_DATABASE_URL": f"{url}{'&' if '?' in url else '?'}application_name={tag}"}
     worker = start_worker(tag, env, logs_dir, concurrency=1)
     try:
