@@ -147,11 +147,11 @@ def throughput(bench: Bench, runs: int = 1000, steps_per_run: int = 1, repeat: i
         with ThreadPoolExecutor(clients) as pool:
             ids = list(pool.map(lambda _: http.post("/runs", json=body).json()["id"], range(runs)))
         submitted = time.time() - started
+        ended_before = _runs_ended(bench)  # before resuming: none of these can have ended
         cpu_before = bench.cpu_seconds("nofx-worker")
         draining = time.time()
         resume()
 
-        ended_before = _runs_ended(bench)
         # Polled cheaply (a few counter rows, as /metrics reads them): a poll is CPU taken
         # from the worker on a saturated machine, and the bare side's poll is one Redis GET.
         wait_until(lambda: _runs_ended(bench) >= ended_before + runs, timeout=1800,

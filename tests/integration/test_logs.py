@@ -29,9 +29,10 @@ class Stack:
 
     def __init__(self, env: dict[str, str], logs_dir: Path) -> None:
         tag = uuid.uuid4().hex[:8]
-        self.env = dict(env, NOFX_QUEUE=f"{env['NOFX_QUEUE']}-logs-{tag}", NOFX_WORKER_METRICS_PORT="0",
-                        NOFX_API_TOKEN=SECRET_TOKEN, ANTHROPIC_API_KEY=SECRET_KEY,
-                        NOFX_LOG_LEVEL="DEBUG", NOFX_LOG_FORMAT="json")
+        self.env = dict(env, NOFX_QUEUE=f"{env['NOFX_QUEUE']}-logs-{tag}",
+                        NOFX_WORKER_METRICS_PORT="0", NOFX_API_TOKEN=SECRET_TOKEN,
+                        ANTHROPIC_API_KEY=SECRET_KEY, NOFX_LOG_LEVEL="DEBUG",
+                        NOFX_LOG_FORMAT="json")
         self.procs: dict[str, Proc] = {}
         self.procs["worker"] = start_worker(f"logs-worker-{tag}", self.env, logs_dir, concurrency=1)
         self.procs["beat"] = start_beat(f"logs-beat-{tag}", self.env, logs_dir)

@@ -25,7 +25,8 @@ class Stack:
     def __init__(self, base_env: dict[str, str], logs_dir: Path, broker_url: str) -> None:
         self.id = uuid.uuid4().hex[:8]
         self.logs_dir = logs_dir
-        self.env = dict(base_env, NOFX_BROKER_URL=broker_url, NOFX_QUEUE=f"{base_env['NOFX_QUEUE']}-stack-{self.id}",
+        self.env = dict(base_env, NOFX_BROKER_URL=broker_url,
+                        NOFX_QUEUE=f"{base_env['NOFX_QUEUE']}-stack-{self.id}",
                         NOFX_WORKER_METRICS_PORT="0")
         self.procs: list[Proc] = []
         self.url = ""
