@@ -7,10 +7,12 @@ session's shared worker. It shares the session's Postgres database, S3 server an
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from celery import Celery, chain
@@ -53,6 +55,7 @@ class Stack:
             self.http.close()
         for proc in reversed(self.procs):
             proc.stop()
+        _delete_queue(self.env["NOFX_BROKER_URL"], self.env["NOFX_QUEUE"])
 
     # -- talking to it ------------------------------------------------------------------
 
@@ -91,6 +94,27 @@ class Stack:
                  for sid in step_ids]
         chain(*links, app.signature("nofx.finish_run", args=(run_id,), immutable=True)).apply_async()
         app.close()
+
+
+def _delete_queue(broker_url: str, queue: str) -> None:
+    """Delete a stack's queue from its broker (RabbitMQ keeps durable queues forever); best
+    effort, bounded in time: a test may have stopped or hung the broker on purpose."""
+    from kombu import Connection
+
+    parts = urlsplit(broker_url)
+    try:
+        port = parts.port or {"amqp": 5672, "redis": 6379}.get(parts.scheme, 0)
+        socket.create_connection((parts.hostname or "127.0.0.1", port), 0.5).close()
+    except OSError:
+        return  # stopped by the test: nothing to delete, and no time to lose finding out
+    try:
+        with Connection(broker_url, connect_timeout=2,
+                        transport_options={"socket_connect_timeout": 2,
+                                           "socket_timeout": 2}) as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
+            conn.default_channel.queue_delete(queue)
+    except Exception:  # the broker is gone or wedged: nothing this test run can tidy
+        pass
 
 
 class PrivateRedis:
