@@ -127,10 +127,12 @@ def _numbers(figures: dict[str, Any], prefix: str = "") -> dict[str, float]:
 def run_one(name: str, scenario: Callable[[Bench], dict], tiny: bool) -> dict[str, Any]:
     bench = Bench()
     started = time.time()
+    failed = True
     try:
         figures = scenario(bench)
+        failed = False
     finally:
-        bench.close()
+        bench.close(keep_logs=failed)  # a failed bench's logs are what explains it
     return {"scenario": name, "tiny": tiny, "machine": machine(), "bench_id": bench.id,
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
             "duration_s": round(time.time() - started, 1), "figures": figures}

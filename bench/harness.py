@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -131,7 +132,9 @@ class Bench:
             result = conn.execute(text(statement), params)
             return result.all() if result.returns_rows else None
 
-    def close(self) -> None:
+    def close(self, keep_logs: bool = False) -> None:
+        """Stop everything, drop the database and the bench's Redis keys, and remove its
+        directory (its processes' logs), unless ``keep_logs``: then say where they are."""
         for proc in self.procs.values():
             proc.stop()
         from nofx.db.engine import dispose_engines
@@ -149,6 +152,10 @@ class Bench:
         stale = list(store.scan_iter(match=f"*{self.id}*", count=1000))
         if stale:
             store.delete(*stale)
+        if keep_logs:
+            print(f"bench {self.id}: its processes' logs are in {self.dir}", file=sys.stderr)
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def cpu_used(before: dict[str, dict[int, float]],

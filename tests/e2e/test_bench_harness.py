@@ -39,6 +39,10 @@ def test_every_benchmark_scenario_runs_and_writes_its_figures(tmp_path, services
     assert None not in ids
     store = redis.Redis.from_url(REDIS_URL)
     assert not [k for i in ids for k in store.scan_iter(match=f"*{i}*")]
+    # nor on disk: a bench that succeeded removes its directory (its processes' logs)
+    import tempfile
+
+    assert not [d for i in ids for d in Path(tempfile.gettempdir()).glob(f"nofx-bench-{i}-*")]
     assert set(trips["after_1_ms_idle"]) == {"select_1_us", "insert_one_row_us", "claim_us",
                                              "success_us"}
     chain = json.loads((tmp_path / "chain-tiny.json").read_text())["figures"]
@@ -86,3 +90,20 @@ def test_several_invocations_are_summarised_as_medians_with_their_range(tmp_path
         "median": claims[1], "min": claims[0], "max": claims[2], "all": [
             r["figures"]["back_to_back"]["claim_us"] for r in runs]}
     assert "back_to_back.claim_us" in done.stdout and "median" in done.stdout
+
+
+def test_a_failed_scenario_keeps_its_bench_logs_and_says_where(services, capsys):
+    import re
+    import shutil
+
+    from bench.__main__ import run_one
+
+    def broken(bench):
+        raise RuntimeError("the scenario broke")
+
+    with pytest.raises(RuntimeError, match="the scenario broke"):
+        run_one("broken", broken, tiny=True)
+    kept = re.search(r"logs are in (\S+)", capsys.readouterr().err)
+    assert kept, "a failed bench should say where its logs are"
+    assert Path(kept.group(1)).is_dir()
+    shutil.rmtree(kept.group(1))
