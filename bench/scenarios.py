@@ -34,12 +34,6 @@ def _echo_steps(n: int) -> list[dict[str, Any]]:
     return [{"name": f"e{i}", "tool": "echo", "inputs": {"i": i}} for i in range(n)]
 
 
-def _ended_at(bench: Bench, run_id: str) -> float | None:
-    rows = bench.sql("SELECT extract(epoch FROM ended_at) FROM runs WHERE id = :id AND "
-                     "status IN ('succeeded','failed','cancelled')", id=run_id)
-    return float(rows[0][0]) if rows else None
-
-
 def _runs_ended(bench: Bench) -> int:
     """How many runs have ended so far, from NOFX's durable counters."""
     labels = [f"status={status}" for status in TERMINAL]
@@ -82,7 +76,7 @@ def chain_latency(bench: Bench, repeat: int = 5, steps: int = 40, ms: float = 10
     def nofx_once() -> float:
         started = time.time()
         run_id = http.post("/runs", json=_plan(_sleep_steps(steps, ms / 1000))).json()["id"]
-        ended = wait_until(lambda: _ended_at(bench, run_id), timeout=300, interval=0.02,
+        ended = wait_until(lambda: _last_end(bench, [run_id]), timeout=300, interval=0.02,
                            what="the NOFX chain")
         return float(ended) - started  # type: ignore[arg-type]
 
@@ -421,12 +415,6 @@ def _explain(bench: Bench, run_id: str) -> dict[str, str]:
     return plans
 
 
-def _all_finished(bench: Bench, ids: list[str]) -> bool:
-    done = bench.sql("SELECT count(*) FROM runs WHERE id = ANY(:ids) AND status IN "
-                     "('succeeded','failed','cancelled')", ids=ids)[0][0]
-    return bool(done == len(ids))
-
-
 # -- 6. round trips ------------------------------------------------------------------------
 
 
@@ -510,7 +498,7 @@ def memory(bench: Bench, checkpoints: tuple[int, ...] = (1_000, 10_000), clients
             ids = list(pool.map(lambda _: http.post("/runs", json=body).json()["id"],
                                 range(checkpoint - done)))
         done = checkpoint
-        wait_until(partial(_all_finished, bench, ids), timeout=3600, interval=0.5,
+        wait_until(partial(_last_end, bench, ids), timeout=3600, interval=0.5,
                    what="runs to finish")
         results[f"after_{checkpoint}_runs"] = {"api_rss_mb": bench.rss_mb("api"),
                                                "worker_rss_mb": bench.rss_mb("nofx-worker")}
