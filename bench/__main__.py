@@ -5,8 +5,9 @@ Scenarios (each beside bare Celery where there is a bare equivalent, in the same
               beside a bare Celery chain of 40 x 10 ms tasks (7 interleaved repeats)
   throughput  1,000 one-step and 100 ten-step echo runs drained from a full queue by one
               worker (concurrency 2), beside as many bare no-op tasks drained the same way
-              (and, for ten-step runs, bare chains of ten no-op tasks); with the CPU each
-              side used a step: worker main process, pool, Postgres backends, Redis
+              (and, for ten-step runs, bare chains of ten no-op tasks, plain and durable);
+              with the CPU each side used a step: worker main process, pool, Postgres
+              backends, Redis
   api         POST /runs and GET /runs/{id} p50/p99 at 1, 8 and 32 clients (gunicorn,
               one process per client), and at 8 with the worker draining the runs
   scale       GET /runs/{id}, GET /runs?limit=50, /metrics and the reaper's query with
@@ -18,7 +19,8 @@ Scenarios (each beside bare Celery where there is a bare equivalent, in the same
 
 chain and throughput also run a "durable" bare baseline: the same bare tasks, each
 committing a one-row INSERT into Postgres before and after its work (the floor of any
-durable record of a step's start and end); *_to_bare_durable is NOFX against it.
+durable record of a step's start and end); *_to_bare_durable is NOFX against it, and
+ratio_to_bare_durable_chains against durable bare chains for ten-step runs.
 
 --tiny runs each in seconds (CI runs it so the harness never rots; its figures mean
 nothing). Needs Postgres and Redis (NOFX_BENCH_PG, NOFX_BENCH_REDIS_URL); see

@@ -126,6 +126,8 @@ def throughput(bench: Bench, runs: int = 1000, steps_per_run: int = 1, repeat: i
     Celery's publishing is; the API scenario measures it under load. The CPU time each side's
     worker, Postgres backends and Redis used during the drain is reported a step
     (``*_cpu_ms_per_step``): whether a side is bound by CPU or by waiting shows there.
+    Runs of several steps are also set beside bare chains of as many tasks, plain and
+    durable (each task committing two one-row INSERTs): the floors a chained run stands on.
     """
     from bench.bare import durable_noop, noop
 
@@ -160,8 +162,9 @@ def throughput(bench: Bench, runs: int = 1000, steps_per_run: int = 1, repeat: i
         queue = bench.env["BARE_QUEUE"]
         resume = _pause(queue, bare_worker)
         if chained:  # as NOFX sends them: a chain a run, each task sending the next
+            task = durable_noop if durable else noop
             for _ in range(runs):
-                chain(*[noop.si(key).set(queue=queue)
+                chain(*[task.si(key).set(queue=queue)
                         for _ in range(steps_per_run)]).apply_async()
         else:
             for _ in range(total):
@@ -172,16 +175,19 @@ def throughput(bench: Bench, runs: int = 1000, steps_per_run: int = 1, repeat: i
         wait_until(lambda: int(store.get(key) or 0) >= total, timeout=1800, interval=0.01,
                    what="all bare tasks")
         elapsed = time.time() - draining
-        (chained_cpu if chained else durable_cpu if durable else bare_cpu).append(
+        readings = {(False, False): bare_cpu, (False, True): durable_cpu,
+                    (True, False): chained_cpu, (True, True): durable_chained_cpu}
+        readings[chained, durable].append(
             _cpu_per_step(cpu_before, bench.cpu_seconds("bare-worker"), total))
         store.delete(key)
         return total / elapsed
 
-    nofx, bare, chained, durable, submit = [], [], [], [], []
+    nofx, bare, chained, durable, durable_chained, submit = [], [], [], [], [], []
     nofx_cpu: list[dict[str, float]] = []
     bare_cpu: list[dict[str, float]] = []
     durable_cpu: list[dict[str, float]] = []
     chained_cpu: list[dict[str, float]] = []
+    durable_chained_cpu: list[dict[str, float]] = []
     for _ in range(repeat):
         rate, submit_rate = nofx_once()
         nofx.append(rate)
@@ -190,6 +196,7 @@ def throughput(bench: Bench, runs: int = 1000, steps_per_run: int = 1, repeat: i
         durable.append(bare_once(durable=True))
         if steps_per_run > 1:
             chained.append(bare_once(chained=True))
+            durable_chained.append(bare_once(chained=True, durable=True))
     figures = {
         "runs": runs, "steps_per_run": steps_per_run, "steps": total, "repeat": repeat,
         "submit_clients": clients,
@@ -214,6 +221,11 @@ def throughput(bench: Bench, runs: int = 1000, steps_per_run: int = 1, repeat: i
             "ratio_to_bare_chains": round(median(nofx) / median(chained), 3),
             "bare_chained_all": [round(v, 1) for v in chained],
             "bare_chained_cpu_ms_per_step": _median_each(chained_cpu),
+            # the floor for multi-step runs: bare chains whose tasks each commit two INSERTs
+            "bare_durable_chained_tasks_per_s": round(median(durable_chained), 1),
+            "ratio_to_bare_durable_chains": round(median(nofx) / median(durable_chained), 3),
+            "bare_durable_chained_all": [round(v, 1) for v in durable_chained],
+            "bare_durable_chained_cpu_ms_per_step": _median_each(durable_chained_cpu),
         })
     return figures
 

@@ -49,6 +49,13 @@ def test_every_benchmark_scenario_runs_and_writes_its_figures(tmp_path, services
     assert chain["nofx_s"] > 0 and chain["bare_s"] > 0
     drained = json.loads((tmp_path / "throughput-tiny.json").read_text())["figures"]["10x1"]
     assert drained["bare_durable_tasks_per_s"] > 0 and drained["ratio_to_bare_durable"] > 0
+    # multi-step runs are also set beside bare chains, plain and durable (the floor of a chain
+    # whose every task records its start and end)
+    chained = json.loads((tmp_path / "throughput-tiny.json").read_text())["figures"]["2x5"]
+    for key in ("bare_chained_tasks_per_s", "ratio_to_bare_chains",
+                "bare_durable_chained_tasks_per_s", "ratio_to_bare_durable_chains"):
+        assert chained[key] > 0, (key, chained)
+    assert "bare_durable_chained_tasks_per_s" not in drained  # one-step runs are not chains
     groups = ("worker_main", "worker_pool", "postgres_backends", "redis")
     for side in ("nofx_cpu_ms_per_step", "bare_cpu_ms_per_step"):
         cpu = drained[side]
