@@ -8,8 +8,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import Connection, inspect, text
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -37,11 +36,13 @@ def head() -> str:
 
 def revision(conn: Connection) -> str | None:
     """The connected database's schema revision (``None``: never migrated; several rows,
-    which NOFX's linear history never writes, come back joined by commas)."""
-    try:
-        found = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
-    except DBAPIError:
+    which NOFX's linear history never writes, come back joined by commas).
+
+    A database that cannot answer raises its error: that is not a database to migrate.
+    """
+    if not inspect(conn).has_table("alembic_version"):
         return None
+    found = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
     return ",".join(sorted(found)) or None
 
 

@@ -7,6 +7,7 @@ import signal
 import time
 
 import httpx
+import pytest
 
 from nofx.config import get_settings
 from nofx.db.migrate import head, upgrade
@@ -146,3 +147,33 @@ def test_a_worker_starting_on_a_database_behind_the_code_logs_an_error(tmp_path,
     assert [r.getMessage() for r in errors] == [
         f"the database schema is at 0002, this NOFX needs {head()}: run `nofx db upgrade`; "
         "steps cannot run until then"]
+
+
+def test_the_schema_revision_of_a_lost_connection_is_an_error_not_an_unmigrated_database(
+        database, tmp_path):
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import DBAPIError
+
+    from nofx.db.migrate import revision
+
+    # given a database never migrated, and a migrated one whose connection then drops
+    never = create_engine(f"sqlite:///{tmp_path / 'never.db'}")
+    engine = create_engine(database)
+    try:
+        with never.connect() as conn:
+            assert revision(conn) is None
+        with engine.connect() as conn:
+            assert revision(conn) == head()
+            conn.rollback()
+            pid = conn.execute(text("SELECT pg_backend_pid()")).scalar()
+            conn.rollback()
+            with engine.connect() as other:
+                other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+
+            # when the revision is read over the dropped connection
+            # then it fails as the database's error: not "no revision, run nofx db upgrade"
+            with pytest.raises(DBAPIError):
+                revision(conn)
+    finally:
+        engine.dispose()
+        never.dispose()
