@@ -145,11 +145,13 @@ class Bench:
         with self._admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)'))
         self._admin.dispose()
-        # and its queues' keys in Redis (kombu's bindings, what was left in a queue)
+        # and its two queues' keys in Redis (kombu's bindings, what was left in a queue);
+        # only theirs: the Redis may be shared, and another key may contain these 8 digits
         import redis
 
         store = redis.Redis.from_url(REDIS_URL)
-        stale = list(store.scan_iter(match=f"*{self.id}*", count=1000))
+        stale = [key for queue in (self.env["NOFX_QUEUE"], self.env["BARE_QUEUE"])
+                 for key in store.scan_iter(match=f"*{queue}*", count=1000)]
         if stale:
             store.delete(*stale)
         if keep_logs:
