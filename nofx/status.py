@@ -131,15 +131,21 @@ def create_run(
     step_rows: Sequence[dict[str, Any]],
     idempotency_key: str | None = None,
     request_hash: str | None = None,
+    dispatched: bool = False,
 ) -> dict[str, Any]:
     """Insert a queued run, its queued steps and ``run.created``.
+
+    ``dispatched``: the caller sends the run's chain right after this commits, so the run
+    is written as dispatched (``dispatched_at``) rather than marked in a second write; if
+    sending fails, :func:`unmark_dispatched` takes the mark back.
 
     Returns the run as it was written, with ``steps`` and (no) ``artifacts``: the shape a
     read of the run gives, without reading it back.
     """
     at = now()
     run = _row(runs, id=run_id, status=RunStatus.QUEUED, goal=goal, plan=plan, created_at=at,
-               updated_at=at, idempotency_key=idempotency_key, request_hash=request_hash)
+               updated_at=at, idempotency_key=idempotency_key, request_hash=request_hash,
+               dispatched_at=at if dispatched else None)
     written = [
         _row(steps, **row, run_id=run_id, status=Q, attempt=0, updated_at=at,
              due_at=at if row["index"] == 0 else None)
@@ -151,6 +157,7 @@ def create_run(
             "run": {k: run[k] for k in _CREATE_RUN_KEYS},
             "steps": [{k: row[k] for k in _CREATE_STEP_KEYS} for row in written],
             "created": created, "at": at, "shard": counters.shard(),
+            "dispatched_at": run["dispatched_at"],
         })
     else:
         conn.execute(insert(runs).values(run))
@@ -170,8 +177,9 @@ _CREATE_STEP_KEYS = ("id", "run_id", "index", "name", "tool", "status", "inputs"
 _CREATE_SQL = text("""
 WITH run AS (
   INSERT INTO runs (id, status, goal, plan, idempotency_key, request_hash, created_at,
-                    updated_at)
-  SELECT r.id, r.status, r.goal, r.plan, r.idempotency_key, r.request_hash, :at, :at
+                    updated_at, dispatched_at)
+  SELECT r.id, r.status, r.goal, r.plan, r.idempotency_key, r.request_hash, :at, :at,
+         :dispatched_at
   FROM jsonb_to_record(:run) AS r(id text, status text, goal text, plan jsonb,
                                   idempotency_key text, request_hash text)
   RETURNING id
@@ -197,7 +205,8 @@ SELECT name, labels, CAST(:shard AS smallint), n FROM (
 ORDER BY name COLLATE "C", labels COLLATE "C"  -- Python's order (counters.bump): no deadlock
 ON CONFLICT (name, labels, shard) DO UPDATE SET value = c.value + excluded.value
 """).bindparams(bindparam("run", type_=JSONB), bindparam("steps", type_=JSONB),
-                bindparam("created", type_=JSONB), bindparam("at", type_=UTCDateTime))
+                bindparam("created", type_=JSONB), bindparam("at", type_=UTCDateTime),
+                bindparam("dispatched_at", type_=UTCDateTime))
 
 
 def _row(table: Any, **values: Any) -> dict[str, Any]:
@@ -215,6 +224,20 @@ def mark_dispatched(conn: Connection, run_id: str) -> bool:
         update(runs)
         .where(runs.c.id == run_id, runs.c.status.in_(RUN_ACTIVE))
         .values(dispatched_at=at, updated_at=at)
+    )
+    return result.rowcount > 0
+
+
+def unmark_dispatched(conn: Connection, run_id: str) -> bool:
+    """Take back the mark :func:`create_run` wrote (``dispatched=True``): the chain never
+    reached the broker, and the reaper sends runs never dispatched on its next tick.
+
+    One statement: callers may run it on an autocommit connection.
+    """
+    result = conn.execute(
+        update(runs)
+        .where(runs.c.id == run_id, runs.c.status.in_(RUN_ACTIVE))
+        .values(dispatched_at=None, updated_at=now())
     )
     return result.rowcount > 0
 

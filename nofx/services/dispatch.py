@@ -45,11 +45,15 @@ class Link:
         return cls(row["id"], row["index"], row["name"], row["tool"], row["timeout_s"])
 
 
-def dispatch_run(run_id: str, links: Sequence[Link] | None = None) -> bool:
+def dispatch_run(run_id: str, links: Sequence[Link] | None = None, *,
+                 marked: bool = False) -> bool:
     """Send the run's chain from its first unsucceeded step; ``False`` if the broker refused.
 
     ``links`` are the steps to send, when the caller has just written them (a new run);
-    otherwise they are read from the database.
+    otherwise they are read from the database. Once the chain is sent the run is marked
+    dispatched, unless it was ``marked`` so when it was written (a new run: one write less
+    a request); then a chain the broker refused takes the mark back, so the reaper sends
+    the run on its next tick (``never_dispatched``) rather than once it is overdue.
     """
     from nofx.worker.tasks import run_step
 
@@ -66,10 +70,24 @@ def dispatch_run(run_id: str, links: Sequence[Link] | None = None) -> bool:
     except Exception:  # any broker failure: the run waits in the database for the reaper
         log.warning("could not dispatch run; the reaper will send it", exc_info=True,
                     extra={"run_id": run_id})
+        if marked:
+            _unmark(run_id)
         return False
-    with autocommit() as conn:  # one statement: one round trip
-        status.mark_dispatched(conn, run_id)
+    if not marked:
+        with autocommit() as conn:  # one statement: one round trip
+            status.mark_dispatched(conn, run_id)
     return True
+
+
+def _unmark(run_id: str) -> None:
+    """Take back a new run's dispatched mark; if even that fails, the run is still stored
+    and the reaper sends it once its first step is overdue (``never_started``)."""
+    try:
+        with autocommit() as conn:  # one statement: one round trip
+            status.unmark_dispatched(conn, run_id)
+    except Exception:
+        log.warning("could not mark run undispatched either; the reaper will send it once "
+                    "it is overdue", exc_info=True, extra={"run_id": run_id})
 
 
 def _pending_links(run_id: str) -> list[Link]:

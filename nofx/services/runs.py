@@ -28,8 +28,9 @@ def submit_run(plan: dict[str, Any], idempotency_key: str | None = None) -> tupl
     """Store a validated plan as a queued run, then dispatch its chain.
 
     Returns the run and whether it was created now (``False``: an idempotent replay).
-    The chain is sent only after the run is committed; if the broker is down the run stays
-    queued and the reaper sends it once the broker is back.
+    The chain is sent only after the run is committed, which writes it as dispatched
+    already (one statement a request); if the broker is down the run stays queued, marked
+    undispatched, and the reaper sends it once the broker is back.
     """
     request_hash = _hash(plan) if idempotency_key else None
     if idempotency_key:
@@ -43,7 +44,7 @@ def submit_run(plan: dict[str, Any], idempotency_key: str | None = None) -> tupl
             run = status.create_run(
                 conn, run_id=run_id, goal=plan["goal"], plan=plan,
                 step_rows=step_rows, idempotency_key=idempotency_key,
-                request_hash=request_hash,
+                request_hash=request_hash, dispatched=True,
             )
     except IntegrityError:
         # Another request with the same key won the race; answer with its run.
@@ -52,7 +53,8 @@ def submit_run(plan: dict[str, Any], idempotency_key: str | None = None) -> tupl
             raise
         return existing, False
     log.info("run created", extra={"run_id": run_id, "steps": len(plan["steps"])})
-    dispatch.dispatch_run(run_id, [dispatch.Link.from_row(row) for row in step_rows])
+    dispatch.dispatch_run(run_id, [dispatch.Link.from_row(row) for row in step_rows],
+                          marked=True)
     # Answered from the rows just written (a worker may have started it meanwhile; a read
     # would show that too, a moment later: either is the run as it was).
     return run, True

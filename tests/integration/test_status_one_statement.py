@@ -22,7 +22,7 @@ def _story(url: str) -> tuple[str, list[Any]]:
     run_id = status.new_id()
     ids = [status.new_id(), status.new_id()]
     with get_engine(url).begin() as conn:
-        status.create_run(conn, run_id=run_id, goal="g", plan={}, step_rows=[
+        status.create_run(conn, run_id=run_id, goal="g", plan={}, dispatched=True, step_rows=[
             {"id": sid, "index": i, "name": f"s{i}", "tool": tool, "inputs": {"i": i},
              "max_attempts": 2, "timeout_s": 5.0}
             for i, (sid, tool) in enumerate(zip(ids, ("echo", "sleep")))])
@@ -101,6 +101,7 @@ def test_the_one_statement_paths_write_what_the_python_path_writes(database, mon
         "run.created", "run.started", "step.started", "step.finished", "step.started",
         "artifact.created", "artifact.created", "step.finished", "run.finished"]
     assert rows["run"]["status"] == "succeeded"
+    assert rows["run"]["dispatched_at"] == "<time>"  # written with the run (dispatched=True)
     assert counted == [{"tool=echo,status=queued": 1, "tool=echo,status=running": 1,
                         "tool=echo,status=succeeded": 1, "tool=sleep,status=queued": 1,
                         "tool=sleep,status=running": 1, "tool=sleep,status=succeeded": 1},
