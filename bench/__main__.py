@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m bench") -> int:
             result = run_one(name, table[name], tiny=args.tiny)
             path = write(args.out, name, result, tiny=args.tiny)
             print_table(name, result["figures"])
+            print_machine(result["machine"])
             print(f"  -> {path}\n")
             continue
         results = []
@@ -98,6 +99,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m bench") -> int:
         print(f"== {name}: median of {args.invocations} invocations [lowest - highest]")
         for key, each in summary["figures"].items():
             print(f"  {key:<44} {each['median']:<10} [{each['min']} - {each['max']}]")
+        print_machine(summary["machine"])
         print(f"  -> {path}\n")
     return 0
 
@@ -111,8 +113,10 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
         values = [f[key] for f in flat if key in f]
         figures[key] = {"median": round(statistics.median(values), 4), "min": min(values),
                         "max": max(values), "all": values}
+    host = dict(results[0]["machine"],
+                python_loop_ms_all=[r["machine"].get("python_loop_ms") for r in results])
     return {"scenario": results[0]["scenario"], "tiny": results[0]["tiny"],
-            "machine": results[0]["machine"], "invocations": len(results),
+            "machine": host, "invocations": len(results),
             "started_at": results[0]["started_at"], "figures": figures}
 
 
@@ -127,6 +131,7 @@ def _numbers(figures: dict[str, Any], prefix: str = "") -> dict[str, float]:
 
 
 def run_one(name: str, scenario: Callable[[Bench], dict], tiny: bool) -> dict[str, Any]:
+    host = machine()  # before the scenario: its speed reading on a quiet machine
     bench = Bench()
     started = time.time()
     failed = True
@@ -135,7 +140,7 @@ def run_one(name: str, scenario: Callable[[Bench], dict], tiny: bool) -> dict[st
         failed = False
     finally:
         bench.close(keep_logs=failed)  # a failed bench's logs are what explains it
-    return {"scenario": name, "tiny": tiny, "machine": machine(), "bench_id": bench.id,
+    return {"scenario": name, "tiny": tiny, "machine": host, "bench_id": bench.id,
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
             "duration_s": round(time.time() - started, 1), "figures": figures}
 
@@ -145,6 +150,12 @@ def write(out: Path, name: str, result: dict[str, Any], tiny: bool, suffix: str 
     path = out / f"{name}{'-tiny' if tiny else ''}{suffix}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     return path
+
+
+def print_machine(host: dict[str, Any]) -> None:
+    loop = host.get("python_loop_ms_all") or host.get("python_loop_ms")
+    print(f"  machine: {host['cpus']} x {host['cpu_model']}; a 1M-iteration Python loop "
+          f"took {loop} ms (best of 5; lower is faster)")
 
 
 def print_table(name: str, figures: dict[str, Any], prefix: str = "") -> None:

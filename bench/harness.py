@@ -13,6 +13,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -186,7 +187,22 @@ def machine() -> dict[str, Any]:
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "python_loop_ms": python_loop_ms(),
     }
+
+
+def python_loop_ms(n: int = 1_000_000, tries: int = 5) -> float:
+    """How fast this host runs Python now: the best of ``tries`` timings of a fixed loop
+    (lower is faster). The same VM lands on hosts of different speeds, and one host's speed
+    drifts; a run's figures are only comparable with runs of a similar reading."""
+    best = float("inf")
+    for _ in range(tries):
+        started = time.perf_counter()
+        total = 0
+        for i in range(n):
+            total += i
+        best = min(best, time.perf_counter() - started)
+    return round(best * 1000, 1)
 
 
 def _cpu_model() -> str:

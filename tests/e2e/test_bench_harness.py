@@ -28,7 +28,9 @@ def test_every_benchmark_scenario_runs_and_writes_its_figures(tmp_path, services
     for scenario, keys in EXPECTED.items():
         result = json.loads((tmp_path / f"{scenario}-tiny.json").read_text())
         assert result["scenario"] == scenario and result["machine"]["cpus"]
+        assert result["machine"]["python_loop_ms"] > 0  # the host's speed, taken each time
         assert keys <= set(result["figures"]), result["figures"]
+    assert done.stdout.count("a 1M-iteration Python loop took") == len(EXPECTED)
     trips = json.loads((tmp_path / "roundtrips-tiny.json").read_text())["figures"]
     import redis
 
@@ -97,6 +99,10 @@ def test_several_invocations_are_summarised_as_medians_with_their_range(tmp_path
         "median": claims[1], "min": claims[0], "max": claims[2], "all": [
             r["figures"]["back_to_back"]["claim_us"] for r in runs]}
     assert "back_to_back.claim_us" in done.stdout and "median" in done.stdout
+    # and the host's speed reading of each invocation, in order
+    loops = [r["machine"]["python_loop_ms"] for r in runs]
+    assert summary["machine"]["python_loop_ms_all"] == loops
+    assert f"a 1M-iteration Python loop took {loops} ms" in done.stdout
 
 
 def test_a_failed_scenario_keeps_its_bench_logs_and_says_where(services, capsys):
