@@ -65,6 +65,9 @@ worker_soft_shutdown_timeout = 30
 # An idle worker stops at once (Celery would otherwise sleep the whole timeout).
 worker_enable_soft_shutdown_on_idle = False
 
+# Beat runs the reaper's ticks itself rather than sending them to the workers, where they
+# would wait behind long steps whenever every worker process is busy (nofx/worker/beat.py).
+beat_scheduler = "nofx.worker.beat:Scheduler"
 beat_schedule = {
     "nofx-reap": {"task": "nofx.reap", "schedule": _settings.reap_every_s,
                   "options": {"expires": max(_settings.reap_every_s * 2, 5)}},

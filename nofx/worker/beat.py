@@ -1,0 +1,60 @@
+"""Beat's scheduler: Celery's persistent scheduler, except that beat runs the reaper itself.
+
+Sent as a task, a reaper tick waits in the steps' queue until a worker process is free, and
+a worker whose processes all run long steps (LLM calls of several minutes, with prefetch 1)
+takes no message until one ends. So the reaper would stall exactly when every worker is
+busy, and with it the healing of steps that a dead worker left ``running``. Beat is the one
+process that exists only to keep time, so each ``nofx.reap`` entry is run here, in a thread
+of its own (beat's loop keeps its clock while a tick waits on the database), one tick at a
+time. The ``nofx.reap`` task stays for running a tick by hand on a worker
+(``celery -A nofx.worker call nofx.reap``); ``nofx reap`` runs one in the current shell.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from celery.beat import PersistentScheduler, ScheduleEntry
+
+log = logging.getLogger(__name__)
+
+REAP_TASK = "nofx.reap"
+
+
+class Scheduler(PersistentScheduler):
+    """Runs ``nofx.reap`` entries in this process; sends every other entry as Celery does."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._reaping: threading.Thread | None = None
+        self._reaping_since = 0.0
+        super().__init__(*args, **kwargs)
+
+    def apply_entry(self, entry: ScheduleEntry, producer: Any = None) -> None:
+        if entry.task != REAP_TASK:
+            return super().apply_entry(entry, producer=producer)
+        if self._reaping is not None and self._reaping.is_alive():
+            log.warning("the previous reaper tick is still running (for %.0fs); skipping "
+                        "this one", time.monotonic() - self._reaping_since)
+            return None
+        self._reaping_since = time.monotonic()
+        self._reaping = threading.Thread(target=reap_once, name="nofx-reaper", daemon=True)
+        self._reaping.start()
+        return None
+
+
+def reap_once() -> None:
+    """One reaper tick, logged with what it did (as a worker logged the task's result); a
+    failed one is logged too, and the next tick tries again."""
+    from nofx.services import reaper
+
+    started = time.monotonic()
+    try:
+        done = reaper.reap()
+    except Exception:
+        log.exception("reaper tick failed; the next one tries again")
+        return
+    elapsed_ms = round((time.monotonic() - started) * 1000, 1)
+    log.info("reaper tick", extra={**done, "duration_ms": elapsed_ms})
