@@ -12,7 +12,7 @@ import httpx
 from tests.conftest import SESSION
 from tests.support.ops import celery_cli, start_flower
 from tests.support.procs import wait_until
-from tests.support.runs import get_run, plan, step, submit
+from tests.support.runs import get_run, plan, step, submit, wait_finished
 
 WORKER_NAME = f"worker-{SESSION}@"
 
@@ -45,7 +45,9 @@ def test_flower_with_basic_auth_lists_a_step_task_with_its_run_step_and_tool(
             deadline = time.monotonic() + 5
             while time.monotonic() < deadline:
                 tasks = http.get("/api/tasks", params={"taskname": "nofx.run_step"}).json()
-                mine = [t for t in tasks.values() if run["id"] in (t.get("args") or "")]
+                # (seen by a worker too: the API's task-sent event alone names no worker)
+                mine = [t for t in tasks.values()
+                        if run["id"] in (t.get("args") or "") and t.get("worker")]
                 if mine:
                     return {"run": run, "task": mine[0]}
                 time.sleep(0.3)
@@ -85,6 +87,8 @@ def test_celery_inspect_active_shows_a_running_step_with_its_run_step_and_tool(
     assert task["name"] == "nofx.run_step"
     assert task["args"] == [run["id"], run["steps"][0]["id"]]
     assert task["kwargs"] == {"tool": "sleep", "step": "nap", "index": 0}
+    # (and the step ends before the next test: the session's worker is shared)
+    wait_finished(client, run["id"])
 
 
 def test_the_reaper_runs_by_hand_with_celery_call(worker, stack_env):
