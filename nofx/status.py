@@ -137,7 +137,7 @@ def create_run(
 
     ``dispatched``: the caller sends the run's chain right after this commits, so the run
     is written as dispatched (``dispatched_at``) rather than marked in a second write; if
-    sending fails, :func:`unmark_dispatched` takes the mark back.
+    sending fails, :func:`mark_dispatched` (``dispatched=False``) takes the mark back.
 
     Returns the run as it was written, with ``steps`` and (no) ``artifacts``: the shape a
     read of the run gives, without reading it back.
@@ -214,8 +214,10 @@ def _row(table: Any, **values: Any) -> dict[str, Any]:
     return {column.name: values.get(column.name) for column in table.columns}
 
 
-def mark_dispatched(conn: Connection, run_id: str) -> bool:
-    """Note that the run's chain reached the broker (not a status change, so no event).
+def mark_dispatched(conn: Connection, run_id: str, dispatched: bool = True) -> bool:
+    """Note that the run's chain reached the broker (not a status change, so no event), or,
+    with ``dispatched=False``, take back the mark :func:`create_run` wrote: the chain never
+    reached the broker, and the reaper sends runs never dispatched on its next tick.
 
     One statement: callers may run it on an autocommit connection.
     """
@@ -223,21 +225,7 @@ def mark_dispatched(conn: Connection, run_id: str) -> bool:
     result = conn.execute(
         update(runs)
         .where(runs.c.id == run_id, runs.c.status.in_(RUN_ACTIVE))
-        .values(dispatched_at=at, updated_at=at)
-    )
-    return result.rowcount > 0
-
-
-def unmark_dispatched(conn: Connection, run_id: str) -> bool:
-    """Take back the mark :func:`create_run` wrote (``dispatched=True``): the chain never
-    reached the broker, and the reaper sends runs never dispatched on its next tick.
-
-    One statement: callers may run it on an autocommit connection.
-    """
-    result = conn.execute(
-        update(runs)
-        .where(runs.c.id == run_id, runs.c.status.in_(RUN_ACTIVE))
-        .values(dispatched_at=None, updated_at=now())
+        .values(dispatched_at=at if dispatched else None, updated_at=at)
     )
     return result.rowcount > 0
 

@@ -84,7 +84,7 @@ def _unmark(run_id: str) -> None:
     and the reaper sends it once its first step is overdue (``never_started``)."""
     try:
         with autocommit() as conn:  # one statement: one round trip
-            status.unmark_dispatched(conn, run_id)
+            status.mark_dispatched(conn, run_id, dispatched=False)
     except Exception:
         log.warning("could not mark run undispatched either; the reaper will send it once "
                     "it is overdue", exc_info=True, extra={"run_id": run_id})

@@ -92,10 +92,10 @@ def test_when_neither_broker_nor_database_answers_after_the_write_the_run_is_kep
     client, broker_refuses, monkeypatch, caplog, forget
 ):
     # given a database that fails every write after the run's own
-    def fails(conn: Any, run_id: str) -> bool:
+    def fails(conn: Any, run_id: str, dispatched: bool = True) -> bool:
         raise DatabaseDown("UPDATE runs ...", {}, Exception("server closed the connection"))
 
-    monkeypatch.setattr(status, "unmark_dispatched", fails)
+    monkeypatch.setattr(status, "mark_dispatched", fails)
 
     # when a plan is submitted and the broker refuses its chain
     with caplog.at_level(logging.WARNING, logger="nofx.services.dispatch"):
