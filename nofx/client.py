@@ -11,6 +11,11 @@ import httpx
 from nofx.config import get_settings
 
 
+#: What ``GET /runs/{id}/events`` returns at most a call (its ``limit``'s maximum).
+EVENT_PAGE = 1000
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
 class ApiError(Exception):
     """The API answered with an error (its JSON message is kept)."""
 
@@ -56,9 +61,10 @@ class Client:
         params: dict[str, str | int] = {"limit": limit, **({"status": status} if status else {})}
         return self._json(self.http.get("/runs", params=params))
 
-    def events(self, run_id: str, after: int = 0) -> list[dict]:
-        """``GET /runs/{id}/events?after=``."""
-        return self._json(self.http.get(f"/runs/{run_id}/events", params={"after": after}))["items"]
+    def events(self, run_id: str, after: int = 0, limit: int = EVENT_PAGE) -> list[dict]:
+        """``GET /runs/{id}/events?after=&limit=``."""
+        params = {"after": after, "limit": limit}
+        return self._json(self.http.get(f"/runs/{run_id}/events", params=params))["items"]
 
     def cancel(self, run_id: str) -> dict:
         """``POST /runs/{id}/cancel``."""
@@ -74,43 +80,51 @@ class Client:
 
     def follow(self, run_id: str, *, timeout_s: float | None = None, poll_s: float = 0.5,
                sleep: Callable[[float], None] = time.sleep) -> Iterator[dict]:
-        """Yield a run's events as they happen until ``run.finished`` (or ``timeout_s``)."""
-        after, deadline = 0, (time.monotonic() + timeout_s) if timeout_s else None
+        """Yield a run's events as they happen until it ends (or ``timeout_s``).
+
+        The run ends at a ``run.finished`` that no ``run.resumed`` follows: a retried run
+        has an earlier attempt's ``run.finished`` in its log.
+        """
+        after, deadline, ended = 0, (time.monotonic() + timeout_s) if timeout_s else None, False
         while True:
-            for event in self.events(run_id, after):
-                after = event["id"]
+            page = self.events(run_id, after)
+            for event in page:
+                after, ended = event["id"], ends_run(event, ended)
                 yield event
-                if event["type"] == "run.finished":
-                    return
+            if len(page) == EVENT_PAGE:  # more are waiting
+                continue
+            if ended:
+                return
             if deadline and time.monotonic() > deadline:
                 raise TimeoutError(f"run {run_id} did not finish within {timeout_s:g}s")
             sleep(poll_s)
 
     def stream(self, run_id: str, after: int = 0, *, retries: int = 5,
                read_timeout_s: float = 60.0) -> Iterator[dict]:
-        """Follow ``GET /runs/{id}/events/stream`` until ``run.finished``.
+        """Follow ``GET /runs/{id}/events/stream`` until the run ends.
 
         A dropped connection, or a server that stops, is resumed with ``Last-Event-ID``,
         so each event is yielded once; ``retries`` failed reconnects in a row give up.
+        The server ends the stream after the ``run.finished`` that ends the run, not after
+        an earlier attempt's (a retried run), so that is where this ends too.
         """
-        last, failures = after, 0
+        last, failures, ended = after, 0, False
         while True:
             fresh = False
             try:
                 for event in self._stream_once(run_id, last, read_timeout_s):
                     last, failures, fresh = event["id"], 0, True
+                    ended = ends_run(event, ended)
                     yield event
-                    if event["type"] == "run.finished":
-                        return
             except (httpx.TransportError, httpx.StreamError):
                 failures += 1
                 if failures > retries:
                     raise
                 time.sleep(min(0.5 * 2 ** failures, 5.0))
                 continue
-            if not fresh and self.run(run_id)["status"] in ("succeeded", "failed", "cancelled"):
-                # Ended with nothing new: the run was over before ``last`` (or the server
-                # stopped just then); whatever is left is in the log.
+            # The server closed the stream: after the run's end, or it is stopping.
+            if (ended or not fresh) and self.run(run_id)["status"] in TERMINAL:
+                # Whatever came after ``last`` (the server stopped just then) is in the log.
                 yield from self.events(run_id, last)
                 return
 
@@ -125,6 +139,13 @@ class Client:
             for message in sse_messages(response.iter_lines()):
                 if "data" in message:
                     yield json.loads(message["data"])
+
+
+def ends_run(event: dict[str, Any], ended: bool) -> bool:
+    """Whether the run has ended once ``event`` is read, given whether it had before."""
+    if event["type"] == "run.finished":
+        return True
+    return ended and event["type"] != "run.resumed"
 
 
 def sse_messages(lines: Iterable[str]) -> Iterator[dict[str, Any]]:

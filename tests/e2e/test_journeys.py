@@ -12,8 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
+from tests.support.fake_anthropic import Reply
 from tests.support.procs import ROOT, free_port, start_api, wait_until
-from tests.support.runs import TERMINAL, seed_body
+from tests.support.runs import TERMINAL, plan, seed_body, step, token
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -94,3 +95,32 @@ def test_ten_runs_created_in_parallel_all_succeed_while_health_answers(stack_env
         watcher.join()
         api.stop()
     assert health_failures == []
+
+
+def test_retry_wait_follows_the_resumed_run_to_its_end(stack_env, logs_dir, worker, fake_llm):
+    # given a run whose codegen step failed (Claude refused the request once)
+    marker = token()
+    fake_llm.script(marker, [Reply.error(400)])
+    api, url = start_api("api-retry", stack_env, logs_dir)
+    try:
+        with httpx.Client(base_url=url, timeout=30) as http:
+            body = plan(step("write", "codegen", prompt=f"a readme {marker}"))
+            run_id = http.post("/runs", json=body).json()["id"]
+            wait_until(lambda: http.get(f"/runs/{run_id}").json()["status"] == "failed",
+                       timeout=60, what="the first attempt to fail")
+
+        # when it is retried from the command line and waited for
+        retry = subprocess.run(
+            [sys.executable, "-m", "nofx.cli", "runs", "--api-url", url, "retry", run_id,
+             "--wait"], env=stack_env, capture_output=True, text=True, timeout=120)
+
+        # then the wait lasted to the end of the second attempt, which succeeded: it did not
+        # stop at the first attempt's run.finished, still in the run's log
+        assert retry.returncode == 0, retry.stdout + retry.stderr
+        out = retry.stdout
+        assert out.count("run.finished") == 2, out
+        assert "run.finished failed" in out and "run.resumed" in out
+        assert out.rstrip().splitlines()[-2] == f"run {run_id} succeeded", out
+        assert "artifact README.md" in out
+    finally:
+        api.stop()
