@@ -70,6 +70,12 @@ def run_step(self: StepTask, run_id: str, step_id: str, **display: Any) -> None:
     log.info("step started", extra=_ids(run_id, step_id, tool=step.tool, attempt=step.attempt))
     try:
         execute.run_claimed(step)
+    except StepLost:
+        # The tool finished, but the run was cancelled or the step reaped meanwhile (a
+        # revoke or heartbeat too late to interrupt it): its result is not recorded.
+        log.info("step finished but this attempt no longer holds it; result dropped",
+                 extra=_ids(run_id, step_id, attempt=step.attempt))
+        raise Ignore() from None
     except SoftTimeLimitExceeded:
         if not execute.still_holds(step):
             # Interrupted on purpose: the run was cancelled or the step reaped meanwhile.
