@@ -20,7 +20,7 @@ from marshmallow import (
 )
 
 from nofx.errors import InvalidInputs
-from nofx.tools import Tool, get_tool, registry
+from nofx.tools import Tool, Whole, get_tool, registry
 
 STEP_NAME = r"^[A-Za-z0-9_.-]{1,100}$"
 MAX_STEPS = 100
@@ -56,7 +56,7 @@ class StepSpecSchema(Schema):
 
     name = fields.String(
         required=True,
-        validate=validate.Regexp(STEP_NAME, error="1-100 characters from A-Z a-z 0-9 _ . -"),
+        validate=Whole(STEP_NAME, error="1-100 characters from A-Z a-z 0-9 _ . -"),
         metadata={"example": "generate_hello_world"},
     )
     tool = fields.String(required=True, validate=validate.Length(min=1, max=100),
@@ -298,7 +298,7 @@ class StreamHeadersSchema(Schema):
 class IdempotencyHeadersSchema(Schema):
     idempotency_key = fields.String(
         data_key="Idempotency-Key",
-        validate=validate.Regexp(IDEMPOTENCY_KEY, error="1-200 printable ASCII characters"),
+        validate=Whole(IDEMPOTENCY_KEY, error="1-200 printable ASCII characters"),
         metadata={"description": "the same key with the same body returns the first run (200); "
                                  "with another body, 409",
                   "example": "7c1d3f9e-submit-readme"},

@@ -10,10 +10,24 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
-from marshmallow import Schema, ValidationError
+from marshmallow import Schema, ValidationError, validate
 
 from nofx.errors import InvalidInputs
 from nofx.llm.base import LLM, Completion
+
+
+class Whole(validate.Regexp):
+    """:class:`marshmallow.validate.Regexp` over the whole value.
+
+    ``Regexp`` uses ``re.match``, where ``$`` also matches before a final newline, so
+    ``^[a-z]+$`` would let ``"name\\n"`` through. The pattern stays as written for the
+    OpenAPI document (in ECMA-262, which OpenAPI patterns follow, ``$`` is the end).
+    """
+
+    def __call__(self, value: Any) -> Any:
+        if self.regex.fullmatch(value) is None:
+            raise ValidationError(self._format_error(value))
+        return value
 
 
 @dataclass(frozen=True)

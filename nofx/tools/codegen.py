@@ -7,7 +7,7 @@ from typing import Any
 
 from marshmallow import Schema, fields, validate
 
-from nofx.tools.base import Artifact, Tool, ToolContext, ToolResult
+from nofx.tools.base import Artifact, Tool, ToolContext, ToolResult, Whole
 
 SAFE_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}$"
 mimetypes.add_type("text/markdown", ".md")
@@ -18,7 +18,7 @@ class CodegenInputs(Schema):
     topic = fields.String(load_default=None, validate=validate.Length(max=1_000))
     filename = fields.String(
         load_default="README.md",
-        validate=validate.Regexp(SAFE_NAME, error="a plain file name: letters, digits, _ . -"),
+        validate=Whole(SAFE_NAME, error="a plain file name: letters, digits, _ . -"),
     )
     model = fields.String(load_default=None, validate=validate.Length(min=1, max=200))
     max_tokens = fields.Integer(load_default=None, validate=validate.Range(min=1, max=64_000))
