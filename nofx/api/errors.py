@@ -7,7 +7,8 @@ from http import HTTPStatus
 from typing import Any
 
 from flask import Flask, Response, jsonify
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
 from nofx.errors import NofxError
@@ -48,9 +49,13 @@ def init_app(app: Flask) -> None:
         response.headers.update(data.get("headers") or {})
         return response, code
 
+    # Down, unreachable, a connection lost mid-request, or no pooled connection free
+    # within the pool's timeout: all answer 503, which clients may retry.
     @app.errorhandler(OperationalError)
-    def _database(exc: OperationalError) -> tuple[Response, int]:
-        log.error("database unavailable: %s", exc.orig, exc_info=True)
+    @app.errorhandler(InterfaceError)
+    @app.errorhandler(PoolTimeout)
+    def _database(exc: Exception) -> tuple[Response, int]:
+        log.error("database unavailable: %s", getattr(exc, "orig", None) or exc, exc_info=True)
         return error_response(503, "the database is unavailable; try again shortly")
 
     @app.errorhandler(Exception)

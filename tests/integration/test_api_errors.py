@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import pytest
+from sqlalchemy import exc as sqlalchemy_exc
 from sqlalchemy import func, select
 
 from nofx.api import create_app
@@ -85,6 +86,26 @@ def test_an_unexpected_error_is_a_json_500_and_is_logged(services, caplog):
     body = assert_error_shape(response, 500)
     assert "secret internals" not in body["message"]
     assert any("secret internals" in (r.exc_text or "") or r.exc_info for r in caplog.records)
+
+
+@pytest.mark.parametrize("failure", [
+    sqlalchemy_exc.TimeoutError("QueuePool limit of size 5 overflow 5 reached, connection "
+                                "timed out, timeout 10.00"),
+    sqlalchemy_exc.InterfaceError("SELECT 1", {}, Exception("the connection is closed")),
+    sqlalchemy_exc.OperationalError("SELECT 1", {}, Exception("connection refused")),
+], ids=["pool exhausted", "connection lost", "database down"])
+def test_a_database_that_cannot_answer_is_a_json_503_and_is_logged(services, caplog, failure):
+    app = create_app({"TESTING": False, "PROPAGATE_EXCEPTIONS": False})
+
+    @app.get("/db")
+    def db():
+        raise failure
+
+    with caplog.at_level(logging.ERROR):
+        response = app.test_client().get("/db")
+    body = assert_error_shape(response, 503)
+    assert body["message"] == "the database is unavailable; try again shortly"
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == ["database unavailable"]
 
 
 def test_bad_query_parameters_get_422(client):
