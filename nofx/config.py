@@ -47,8 +47,18 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    return int(_float(env, name, default))
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from exc
+    if value < minimum:
+        least = "must not be negative" if minimum == 0 else f"must be at least {minimum}"
+        raise ConfigError(f"{name} {least}, got {raw!r}")
+    return value
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -93,6 +103,8 @@ class Settings:
     api_port: int = 8000
     api_tokens: tuple[str, ...] = ()
     api_allow_open: bool = False
+    api_workers: int = 2
+    api_threads: int = 8
     max_body_bytes: int = 1_048_576
     sse_poll_s: float = 0.5
     sse_keepalive_s: float = 15.0
@@ -126,12 +138,14 @@ class Settings:
             llm_provider=_llm_provider(env),
             llm_model=env.get("NOFX_LLM_MODEL") or DEFAULT_MODEL,
             llm_timeout_s=_float(env, "NOFX_LLM_TIMEOUT_S", 60.0),
-            llm_max_tokens=_int(env, "NOFX_LLM_MAX_TOKENS", 2048),
+            llm_max_tokens=_int(env, "NOFX_LLM_MAX_TOKENS", 2048, minimum=1),
             llm_prices=_prices(env),
             api_host=env.get("NOFX_API_HOST") or "127.0.0.1",
             api_port=_int(env, "NOFX_API_PORT", 8000),
             api_tokens=tuple(t.strip() for t in env.get("NOFX_API_TOKEN", "").split(",") if t.strip()),
             api_allow_open=_bool(env, "NOFX_API_ALLOW_OPEN", False),
+            api_workers=_int(env, "NOFX_API_WORKERS", 2, minimum=1),
+            api_threads=_int(env, "NOFX_API_THREADS", 8, minimum=1),
             max_body_bytes=_int(env, "NOFX_MAX_BODY_BYTES", 1_048_576),
             sse_poll_s=_float(env, "NOFX_SSE_POLL_S", 0.5),
             sse_keepalive_s=_float(env, "NOFX_SSE_KEEPALIVE_S", 15.0),
@@ -139,7 +153,7 @@ class Settings:
             stuck_after_s=_float(env, "NOFX_STUCK_AFTER_S", 30.0),
             reap_every_s=_float(env, "NOFX_REAP_EVERY_S", 10.0),
             hard_limit_grace_s=_float(env, "NOFX_HARD_LIMIT_GRACE_S", 30.0),
-            default_max_attempts=_int(env, "NOFX_MAX_ATTEMPTS", 3),
+            default_max_attempts=_int(env, "NOFX_MAX_ATTEMPTS", 3, minimum=1),
             retry_backoff_s=_float(env, "NOFX_RETRY_BACKOFF_S", 2.0),
             retry_backoff_max_s=_float(env, "NOFX_RETRY_BACKOFF_MAX_S", 300.0),
             worker_metrics_port=_int(env, "NOFX_WORKER_METRICS_PORT", 9546),

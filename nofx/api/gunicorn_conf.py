@@ -22,9 +22,9 @@ from nofx.config import get_settings
 _settings = get_settings()
 
 bind = [f"{_settings.api_host}:{_settings.api_port}"]
-workers = int(os.environ.get("NOFX_API_WORKERS", "2"))
+workers = _settings.api_workers
 worker_class = "gthread"
-threads = int(os.environ.get("NOFX_API_THREADS", "8"))
+threads = _settings.api_threads
 graceful_timeout = 30
 timeout = 60
 keepalive = 5

@@ -1,0 +1,60 @@
+"""Settings from the environment: empty means the default, a bad value names its variable."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+from nofx.config import ConfigError, Settings, reset_settings
+
+
+@pytest.mark.parametrize(("env", "field", "value"), [
+    ({}, "api_workers", 2),
+    ({"NOFX_API_WORKERS": ""}, "api_workers", 2),
+    ({"NOFX_API_WORKERS": "4"}, "api_workers", 4),
+    ({"NOFX_API_THREADS": " 32 "}, "api_threads", 32),
+    ({}, "api_threads", 8),
+    ({"NOFX_API_PORT": "9000"}, "api_port", 9000),
+    ({"NOFX_HEARTBEAT_S": "0.5"}, "heartbeat_s", 0.5),
+])
+def test_a_setting_is_its_variable_or_the_default(env, field, value):
+    assert getattr(Settings.from_env(env), field) == value
+
+
+@pytest.mark.parametrize(("name", "raw", "says"), [
+    ("NOFX_API_WORKERS", "2.5", "must be a whole number"),
+    ("NOFX_API_WORKERS", "0", "must be at least 1"),
+    ("NOFX_API_THREADS", "-8", "must be at least 1"),
+    ("NOFX_API_THREADS", "many", "must be a whole number"),
+    ("NOFX_MAX_ATTEMPTS", "0", "must be at least 1"),
+    ("NOFX_LLM_MAX_TOKENS", "0", "must be at least 1"),
+    ("NOFX_API_PORT", "80.8", "must be a whole number"),
+    ("NOFX_MAX_BODY_BYTES", "-1", "must not be negative"),
+    ("NOFX_HEARTBEAT_S", "soon", "must be a number"),
+])
+def test_a_bad_value_stops_the_process_naming_the_variable(name, raw, says):
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({name: raw})
+    assert str(caught.value) == f"{name} {says}, got {raw!r}"
+
+
+def test_gunicorn_takes_its_processes_and_threads_from_the_settings(monkeypatch):
+    import nofx.api.gunicorn_conf as conf
+
+    monkeypatch.setenv("NOFX_API_WORKERS", "3")
+    monkeypatch.setenv("NOFX_API_THREADS", "16")
+    reset_settings()
+    try:
+        conf = importlib.reload(conf)
+        assert (conf.workers, conf.threads) == (3, 16)
+
+        monkeypatch.setenv("NOFX_API_WORKERS", "")
+        monkeypatch.setenv("NOFX_API_THREADS", "2.5")
+        reset_settings()
+        with pytest.raises(ConfigError, match="NOFX_API_THREADS must be a whole number"):
+            importlib.reload(conf)
+    finally:
+        monkeypatch.undo()
+        reset_settings()
+        importlib.reload(conf)
