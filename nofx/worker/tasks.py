@@ -122,7 +122,11 @@ def finish_run(run_id: str) -> None:
 
 @app.task(name="nofx.reap", acks_late=True, ignore_result=True)
 def reap() -> dict[str, int]:
-    """Find stuck steps and stalled runs and heal them (beat runs this every NOFX_REAP_EVERY_S)."""
+    """Find stuck steps and stalled runs and heal them: one reaper tick, by hand.
+
+    Beat runs the same ticks itself, in its own process (``nofx/worker/beat.py``), so busy
+    workers cannot delay them; this task is for ``celery -A nofx.worker call nofx.reap``.
+    """
     return reaper.reap()
 
 
