@@ -1,8 +1,15 @@
-"""Bearer tokens (``NOFX_API_TOKEN``): every endpoint but the two public ones needs one."""
+"""Bearer tokens (``NOFX_API_TOKEN``): every endpoint but the two public ones needs one.
+
+With no token the API is open, so it serves loopback clients only (unless
+``NOFX_API_ALLOW_OPEN``). ``nofx api`` and NOFX's gunicorn config refuse to bind beyond
+loopback then; this app-level rule holds under any server, plain gunicorn included.
+"""
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
+import logging
 from typing import Any
 
 from apispec import BasePlugin
@@ -15,6 +22,9 @@ from nofx.config import get_settings
 PUBLIC = {("GET", "/health"), ("HEAD", "/health"), ("GET", "/metrics"), ("HEAD", "/metrics")}
 UNAUTHORIZED = "BearerTokenRequired"
 _MESSAGE = "a valid bearer token is required (Authorization: Bearer <token>)"
+_LOOPBACK_ONLY = ("this API has no NOFX_API_TOKEN, so it serves loopback clients only: "
+                  "set NOFX_API_TOKEN (or NOFX_API_ALLOW_OPEN=1 to serve anyone)")
+log = logging.getLogger(__name__)
 
 
 def token_ok(presented: str, tokens: tuple[str, ...]) -> bool:
@@ -28,16 +38,39 @@ def token_ok(presented: str, tokens: tuple[str, ...]) -> bool:
 def init_app(app: Flask, api: Api) -> None:
     """Require ``Authorization: Bearer <token>`` when tokens are configured; document it."""
     _document(api)
-    tokens = get_settings().api_tokens
+    settings = get_settings()
+    tokens, loopback_only = settings.api_tokens, not settings.api_allow_open
+    warned = False
 
     @app.before_request
     def _require_token() -> tuple[Response, int] | None:
-        if not tokens or (request.method, request.path) in PUBLIC:
+        nonlocal warned
+        if (request.method, request.path) in PUBLIC:
             return None
+        if not tokens:
+            if not loopback_only or is_loopback(request.remote_addr):
+                return None
+            if not warned:  # once a process: a scan must not flood the log
+                warned = True
+                log.warning("refused a client beyond loopback (%s): no NOFX_API_TOKEN is set",
+                            request.remote_addr)
+            return error_response(403, _LOOPBACK_ONLY)
         scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() == "bearer" and presented and token_ok(presented.strip(), tokens):
             return None
         return _unauthorized(presented=bool(presented))
+
+
+def is_loopback(address: str | None) -> bool:
+    """Whether a client's address is on this machine (no address: a Unix socket's client)."""
+    if not address:
+        return True
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return bool(ip.is_loopback or (mapped and mapped.is_loopback))
 
 
 def _unauthorized(presented: bool) -> tuple[Response, int]:

@@ -194,3 +194,57 @@ def test_gunicorn_started_on_an_open_address_without_a_token_exits_before_bindin
                           check=False)
     assert done.returncode != 0
     assert "refusing to serve 0.0.0.0:" in done.stdout + done.stderr
+
+
+# -- with no token, only loopback clients: whatever server runs the app --------------------
+# ``gunicorn 'nofx.api:create_app()'`` without NOFX's gunicorn config never runs the bind
+# check above, so the app itself answers only loopback clients while it has no token.
+
+
+def open_app(**env: str) -> Any:
+    with settings_env(NOFX_API_TOKEN="", **env):
+        return create_app({"TESTING": True}).test_client()
+
+
+@pytest.mark.parametrize("remote", ["10.1.2.3", "192.168.0.7", "2001:db8::1", "::ffff:10.0.0.1"])
+def test_with_no_token_a_client_beyond_loopback_gets_a_json_403_and_nothing_is_done(
+        services, remote, caplog):
+    client = open_app()
+    before = client.get("/runs?limit=200").get_json()["items"]
+
+    response = client.post("/runs", json=plan(step("s", "echo")),
+                           environ_base={"REMOTE_ADDR": remote})
+
+    assert response.status_code == 403 and response.mimetype == "application/json"
+    assert "NOFX_API_TOKEN" in response.get_json()["message"]
+    assert client.get("/runs?limit=200").get_json()["items"] == before
+    assert client.get("/runs", environ_base={"REMOTE_ADDR": remote}).status_code == 403
+
+
+@pytest.mark.parametrize("remote", ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"])
+def test_with_no_token_loopback_clients_are_served(services, remote):
+    assert open_app().get("/runs", environ_base={"REMOTE_ADDR": remote}).status_code == 200
+
+
+@pytest.mark.parametrize(("method", "path"), sorted(PUBLIC))
+def test_with_no_token_health_and_metrics_answer_anyone(services, method, path):
+    response = open_app().open(path, method=method.upper(),
+                               environ_base={"REMOTE_ADDR": "10.1.2.3"})
+    assert response.status_code == 200
+
+
+def test_allow_open_serves_every_client_with_no_token(services):
+    client = open_app(NOFX_API_ALLOW_OPEN="1")
+    assert client.get("/runs", environ_base={"REMOTE_ADDR": "10.1.2.3"}).status_code == 200
+
+
+def test_with_a_token_any_address_is_served_that_presents_it(guarded, tokens):
+    response = guarded.get("/runs", headers=bearer(tokens[0]),
+                           environ_base={"REMOTE_ADDR": "10.1.2.3"})
+    assert response.status_code == 200
+
+
+def test_with_no_token_a_unix_socket_client_is_served_and_an_unknown_address_is_not(services):
+    client = open_app()
+    assert client.get("/runs", environ_base={"REMOTE_ADDR": ""}).status_code == 200
+    assert client.get("/runs", environ_base={"REMOTE_ADDR": "unknown"}).status_code == 403
