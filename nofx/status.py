@@ -280,18 +280,23 @@ def cancel_run(conn: Connection, run_id: str) -> list[str] | None:
 def resume_run(conn: Connection, run_id: str) -> int | None:
     """``failed|cancelled -> queued``: unsuccessful steps are queued again, fresh attempts.
 
-    Succeeded steps keep their outputs and artifacts. Returns the index of the first step
-    to run, or ``None`` when the run cannot be resumed.
+    Attempts number on (an attempt from before the resume, still running on a worker whose
+    revoke never came, must not pass for the new one: every guard tells attempts apart by
+    number); each step's budget starts again instead: ``max_attempts`` becomes the attempts
+    made so far plus ``attempt_budget``. Succeeded steps keep their outputs and artifacts.
+    Returns the index of the first step to run, or ``None`` when it cannot be resumed.
     """
     if _lock_run(conn, run_id) not in RUN_RESUMABLE:
         return None
     at = now()
+    budget = func.coalesce(steps.c.attempt_budget, steps.c.max_attempts)
     rows = conn.execute(
         update(steps)
         .where(steps.c.run_id == run_id, steps.c.status != OK)
         .values(
-            status=Q, attempt=0, error=None, outputs=None, started_at=None, ended_at=None,
-            heartbeat_at=None, task_id=None, updated_at=at,
+            status=Q, attempt_budget=budget, max_attempts=steps.c.attempt + budget,
+            error=None, outputs=None, started_at=None, ended_at=None, heartbeat_at=None,
+            task_id=None, updated_at=at,
         )
         .returning(steps.c.id, POSITION, steps.c.tool)
     ).all()

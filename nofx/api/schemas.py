@@ -202,8 +202,11 @@ class StepSchema(Schema):
                                               "timed_out", "cancelled"]})
     inputs = fields.Dict()
     outputs = fields.Dict(allow_none=True)
-    attempt = fields.Integer()
-    max_attempts = fields.Integer()
+    attempt = fields.Integer(metadata={
+        "description": "the step's latest attempt (0: none yet); numbers go on across resumes"})
+    max_attempts = fields.Integer(metadata={
+        "description": "the attempt number it may reach; a resume adds a fresh budget to the "
+                       "attempts made so far"})
     timeout_s = fields.Float()
     started_at = fields.DateTime(allow_none=True)
     ended_at = fields.DateTime(allow_none=True)

@@ -102,6 +102,9 @@ steps = Table(
     Column("error", JSONType, nullable=True),
     Column("attempt", Integer, nullable=False, server_default="0"),
     Column("max_attempts", Integer, nullable=False),
+    # The attempts the step gets each time its run starts or resumes; NULL: max_attempts.
+    # A resume keeps ``attempt`` and sets max_attempts to attempt + this (migration 0005).
+    Column("attempt_budget", Integer, nullable=True),
     Column("timeout_s", Float, nullable=False),
     Column("task_id", String(64), nullable=True),
     Column("started_at", UTCDateTime, nullable=True),

@@ -167,3 +167,32 @@ def test_a_stale_attempt_cannot_finish_a_newer_one(db_url):
         assert not status.fail_step(conn, run_id, step_id, 1, {"type": "E", "message": "m"})
         assert not status.beat(conn, step_id, 1)
         assert status.beat(conn, step_id, 2)
+
+
+def test_an_attempt_from_before_a_resume_cannot_touch_the_resumed_step(db_url):
+    # given a step running its attempt 1 when its run is cancelled (the revoke never came),
+    # and the run resumed and the step claimed again
+    run_id, step_id = make_run(db_url, S.RUNNING)
+    with get_engine(db_url).begin() as conn:
+        assert status.cancel_run(conn, run_id) is not None
+        assert status.resume_run(conn, run_id) == 0
+        claimed = status.claim_step(conn, run_id, step_id, "t-2")
+        # then the new attempt has a number of its own, with a fresh budget of 3 after it
+        assert claimed is not None and (claimed.attempt, claimed.max_attempts) == (2, 4)
+        # and attempt 1, still running somewhere, can do nothing to the new one
+        assert not status.succeed_step(conn, run_id, step_id, 1, {})
+        assert not status.fail_step(conn, run_id, step_id, 1, {"type": "E", "message": "m"})
+        assert not status.requeue_step(conn, run_id, step_id, 1, ("step.retrying", {}))
+        assert not status.record_for_attempt(conn, step_id, 1, "llm.usage", {})
+        assert not status.beat(conn, step_id, 1)
+        assert status.beat(conn, step_id, 2)
+        # and a second resume gives a fresh budget again, numbering on
+        assert status.fail_step(conn, run_id, step_id, 2, {"type": "E", "message": "m"})
+        assert status.resume_run(conn, run_id) == 0
+        again = status.claim_step(conn, run_id, step_id, "t-3")
+        assert again is not None and (again.attempt, again.max_attempts) == (3, 5)
+        started = conn.execute(
+            select(events.c.payload).where(events.c.step_id == step_id,
+                                           events.c.type == "step.started")
+            .order_by(events.c.id)).scalars().all()
+    assert [e["attempt"] for e in started] == [2, 3]
