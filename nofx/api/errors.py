@@ -7,10 +7,9 @@ from http import HTTPStatus
 from typing import Any
 
 from flask import Flask, Response, jsonify
-from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
+from nofx.db.engine import UNAVAILABLE
 from nofx.errors import NofxError
 
 log = logging.getLogger(__name__)
@@ -51,12 +50,12 @@ def init_app(app: Flask) -> None:
 
     # Down, unreachable, a connection lost mid-request, or no pooled connection free
     # within the pool's timeout: all answer 503, which clients may retry.
-    @app.errorhandler(OperationalError)
-    @app.errorhandler(InterfaceError)
-    @app.errorhandler(PoolTimeout)
     def _database(exc: Exception) -> tuple[Response, int]:
         log.error("database unavailable: %s", getattr(exc, "orig", None) or exc, exc_info=True)
         return error_response(503, "the database is unavailable; try again shortly")
+
+    for kind in UNAVAILABLE:
+        app.register_error_handler(kind, _database)
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> tuple[Response, int]:

@@ -41,6 +41,11 @@ def _create(url: str) -> Engine:
 #: A connection used this recently is taken to be alive; one idle longer is pinged first.
 PING_AFTER_IDLE_S = 10.0
 
+#: The database is down, unreachable, lost the connection mid-statement, or the pool had no
+#: connection free in time: worth trying again later, unlike a bug (bad SQL, bad data).
+UNAVAILABLE: tuple[type[Exception], ...] = (
+    exc.OperationalError, exc.InterfaceError, exc.TimeoutError)
+
 
 def _ping_when_idle(engine: Engine) -> None:
     """``pool_pre_ping``, but only for connections that sat idle (a worker's hot path skips it).
@@ -48,7 +53,7 @@ def _ping_when_idle(engine: Engine) -> None:
     A ping on every checkout costs a round trip per transaction (two per step). After a
     Postgres restart, a connection used within the last few seconds fails its first
     statement instead; that transaction errors and is retried by whoever owns it (the API
-    client, or the reaper for a step).
+    client; for a step, its task once, then the reaper: nofx/worker/tasks.py).
     """
 
     @event.listens_for(engine, "connect")

@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from nofx import adapters, status
 from nofx.config import get_settings
-from nofx.db.engine import transaction
+from nofx.db.engine import UNAVAILABLE, transaction
 from nofx.db.models import steps
 from nofx.domain import StepStatus
 from nofx.errors import PermanentToolError, StepLost, ToolError
@@ -69,11 +69,40 @@ def run_claimed(step: status.ClaimedStep) -> dict[str, Any]:
     with HEARTBEATS.holding(step):
         result = tool.run(inputs, ctx)
         stored = [store_artifact(step, artifact) for artifact in result.artifacts]
-    with status.step_connection() as conn:
-        done = status.succeed_step(conn, step.run_id, step.id, step.attempt, result.outputs, stored)
-    if not done:
+    if not record_success(step, result.outputs, stored):
         raise StepLost(f"step {step.id} attempt {step.attempt} was cancelled or reaped meanwhile")
     return result.outputs
+
+
+def record_success(step: status.ClaimedStep, outputs: dict[str, Any],
+                   stored: list[status.NewArtifact]) -> bool:
+    """Record the step's success; ``False`` if this attempt no longer holds the step.
+
+    A database that fails the write (a restart, a failover: the held connection is gone)
+    gets one more try on a fresh connection, so the tool's work is not thrown away for a
+    blip. If the first try had committed before its answer was lost, the second finds the
+    step already succeeded by this attempt, and that is a success too. A second failure
+    propagates: the task leaves the step to the reaper (``nofx/worker/tasks.py``).
+    """
+    try:
+        with status.step_connection() as conn:
+            return status.succeed_step(conn, step.run_id, step.id, step.attempt, outputs, stored)
+    except UNAVAILABLE:
+        log.warning("could not record the step's success; trying once more", exc_info=True,
+                    extra={"run_id": step.run_id, "step_id": step.id, "attempt": step.attempt})
+    with status.step_connection() as conn:
+        if status.succeed_step(conn, step.run_id, step.id, step.attempt, outputs, stored):
+            return True
+    return succeeded_by(step)
+
+
+def succeeded_by(step: status.ClaimedStep) -> bool:
+    """Whether this very attempt is the one that ended the step ``succeeded``."""
+    with transaction() as conn:
+        row = conn.execute(
+            select(steps.c.status, steps.c.attempt).where(steps.c.id == step.id)
+        ).first()
+    return row is not None and (row.status, row.attempt) == (StepStatus.SUCCEEDED, step.attempt)
 
 
 def record_usage(step: status.ClaimedStep, completion: Completion) -> None:
@@ -89,11 +118,17 @@ def record_usage(step: status.ClaimedStep, completion: Completion) -> None:
         "priced": cost is not None,
         "attempt": step.attempt,
     }
-    with transaction() as conn:
-        status.record_for_attempt(conn, step.id, step.attempt, "llm.usage", payload)
     from nofx import observe
 
     observe.llm_usage(completion, cost or 0.0)
+    try:
+        with transaction() as conn:
+            status.record_for_attempt(conn, step.id, step.attempt, "llm.usage", payload)
+    except UNAVAILABLE:
+        # The model has answered (and been paid): keep its answer rather than fail the step
+        # over the record of its cost, which this line and the metrics still carry.
+        log.error("could not record llm.usage: the database is unavailable", exc_info=True,
+                  extra={"run_id": step.run_id, "step_id": step.id, "usage": payload})
 
 
 def store_artifact(step: status.ClaimedStep, artifact: Artifact) -> status.NewArtifact:

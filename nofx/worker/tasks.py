@@ -18,10 +18,12 @@ from celery.exceptions import Ignore, SoftTimeLimitExceeded
 
 from nofx import observe
 from nofx.config import get_settings
+from nofx.db.engine import UNAVAILABLE
 from nofx.domain import StepStatus
 from nofx.errors import StepLost, ToolError
 from nofx.logs import bind
 from nofx.services import execute, reaper
+from nofx.status import ClaimedStep
 from nofx.worker.app import app
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,20 @@ def run_step(self: StepTask, run_id: str, step_id: str, **display: Any) -> None:
     self.request.nofx_attempt = step.attempt
     self.request.nofx_started = time.monotonic()
     log.info("step started", extra=_ids(run_id, step_id, tool=step.tool, attempt=step.attempt))
+    try:
+        _run_claimed(self, step)
+    except UNAVAILABLE:
+        # Whatever the attempt came to, it could not be recorded. Failing the step for that
+        # would end the run over a database blip; the step stays running, its heartbeat
+        # stops, and the reaper requeues it (or, out of attempts, fails it).
+        log.error("the database is unavailable: this attempt's outcome is not recorded; "
+                  "the reaper will take the step back", exc_info=True,
+                  extra=_ids(run_id, step_id, attempt=step.attempt))
+        raise Ignore() from None
+
+
+def _run_claimed(self: StepTask, step: ClaimedStep) -> None:
+    run_id, step_id = step.run_id, step.id
     try:
         execute.run_claimed(step)
     except StepLost:

@@ -4,16 +4,67 @@ from __future__ import annotations
 
 import logging
 import uuid
+from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
+from sqlalchemy.exc import OperationalError
 
 from nofx import status
 from nofx.db.engine import transaction
-from nofx.db.models import steps
+from nofx.db.models import events, steps
+from nofx.services import reaper
 from nofx.tools.echo import EchoTool
 from nofx.worker.tasks import run_step
+from tests.support.fake_anthropic import Reply
+from tests.support.runs import token
+
+
+def new_run(*tools: str, inputs: dict[str, Any] | None = None) -> tuple[str, list[str]]:
+    """A run written straight to the database (not sent to any worker)."""
+    run_id, step_ids = status.new_id(), [status.new_id() for _ in tools]
+    with transaction() as conn:
+        status.create_run(conn, run_id=run_id, goal="g", plan={}, step_rows=[{
+            "id": step_id, "index": i, "name": f"s{i}", "tool": tool, "inputs": inputs or {},
+            "max_attempts": 3, "timeout_s": 30.0} for i, (step_id, tool) in enumerate(zip(step_ids, tools))])
+    return run_id, step_ids
+
+
+def step_row(step_id: str) -> Any:
+    with transaction() as conn:
+        return conn.execute(select(steps).where(steps.c.id == step_id)).mappings().one()
+
+
+def event_types(run_id: str) -> list[str]:
+    with transaction() as conn:
+        return list(conn.execute(select(events.c.type).where(events.c.run_id == run_id)
+                                 .order_by(events.c.id)).scalars())
+
+
+def run(run_id: str, step_id: str, tool: str = "echo") -> Any:
+    return run_step.apply(args=(run_id, step_id), kwargs={"tool": tool}, task_id=str(uuid.uuid4()))
+
+
+def database_gone() -> OperationalError:
+    return OperationalError("SELECT nofx_succeed_step(...)", {},
+                            Exception("server closed the connection unexpectedly"))
+
+
+def failing(real: Any, times: int, after_real: bool = False) -> Any:
+    """``real``, except that its first ``times`` calls raise as a lost database would;
+    ``after_real``: they raise after the real call did its work (the answer was lost)."""
+    calls = {"n": 0}
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] <= times:
+            if after_real:
+                real(*args, **kwargs)
+            raise database_gone()
+        return real(*args, **kwargs)
+
+    return call
 
 
 def test_a_step_cancelled_while_its_tool_finishes_is_dropped_quietly(
@@ -49,3 +100,78 @@ def test_a_step_cancelled_while_its_tool_finishes_is_dropped_quietly(
     with transaction() as conn:
         assert conn.execute(select(steps.c.status).where(steps.c.id == step_id)).scalar() == \
             "cancelled"
+
+
+def test_a_success_write_the_database_drops_once_is_tried_again_and_the_step_succeeds(
+        database, monkeypatch, caplog):
+    run_id, [step_id] = new_run("echo")
+    monkeypatch.setattr(status, "succeed_step", failing(status.succeed_step, times=1))
+
+    with caplog.at_level(logging.WARNING):
+        result = run(run_id, step_id)
+
+    assert result.state == "SUCCESS"
+    assert step_row(step_id)["status"] == "succeeded"
+    assert event_types(run_id)[-1] == "run.finished"
+    [warned] = [r for r in caplog.records if "trying once more" in r.getMessage()]
+    assert (warned.run_id, warned.step_id) == (run_id, step_id)
+
+
+def test_a_success_that_committed_before_its_answer_was_lost_counts_as_a_success(
+        database, monkeypatch):
+    # given a two-step run whose first success commits, then the connection drops
+    run_id, [first, second] = new_run("echo", "echo")
+    monkeypatch.setattr(status, "succeed_step",
+                        failing(status.succeed_step, times=1, after_real=True))
+
+    result = run(run_id, first)
+
+    # then the task succeeds (so Celery sends the next link), recorded once
+    assert result.state == "SUCCESS"
+    assert step_row(first)["status"] == "succeeded"
+    assert event_types(run_id).count("step.finished") == 1
+    assert step_row(second)["status"] == "queued"
+
+
+def test_a_database_gone_for_good_leaves_the_step_to_the_reaper_not_failed(
+        database, monkeypatch, caplog):
+    # given a step whose success cannot be written, twice
+    run_id, [step_id] = new_run("echo")
+    monkeypatch.setattr(status, "succeed_step", failing(status.succeed_step, times=2))
+
+    with caplog.at_level(logging.INFO):
+        result = run(run_id, step_id)
+
+    # then the task stops without failing the step or the run, and says why, with its ids
+    assert result.state == "IGNORED"
+    assert step_row(step_id)["status"] == "running"
+    assert "run.finished" not in event_types(run_id)
+    [said] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert "reaper will take the step back" in said.getMessage()
+    assert (said.run_id, said.step_id, said.attempt) == (run_id, step_id, 1)
+
+    # and once its heartbeat is old, the reaper queues it again for another attempt
+    monkeypatch.undo()
+    with transaction() as conn:
+        conn.execute(update(steps).where(steps.c.id == step_id)
+                     .values(heartbeat_at=status.now() - timedelta(minutes=10)))
+    reaped = [s for s in reaper.stuck_steps() if s["id"] == step_id]
+    assert [s["reason"] for s in reaped] == ["heartbeat_lost"]
+
+
+def test_llm_usage_the_database_cannot_take_is_logged_and_the_answer_kept(
+        services, fake_llm, monkeypatch, caplog):
+    marker = token()
+    fake_llm.script(marker, [Reply.ok("# Kept\n", input_tokens=5, output_tokens=6)])
+    run_id, [step_id] = new_run("codegen", inputs={"prompt": f"x {marker}"})
+    monkeypatch.setattr(status, "record_for_attempt", failing(status.record_for_attempt, times=1))
+
+    with caplog.at_level(logging.ERROR):
+        result = run(run_id, step_id, tool="codegen")
+
+    assert result.state == "SUCCESS"
+    assert step_row(step_id)["status"] == "succeeded"
+    assert "llm.usage" not in event_types(run_id)
+    [said] = [r for r in caplog.records if "could not record llm.usage" in r.getMessage()]
+    assert (said.run_id, said.step_id) == (run_id, step_id)
+    assert (said.usage["input_tokens"], said.usage["output_tokens"]) == (5, 6)
