@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable, Iterator, Sequence
 
-from sqlalchemy import Connection, bindparam, exists, func, insert, select, text, update
+from sqlalchemy import Connection, bindparam, exists, func, insert, or_, select, text, update
 from sqlalchemy.dialects.postgresql import JSONB
 
 from nofx.db import counters
@@ -510,17 +510,21 @@ def fail_step(
     status: StepStatus = StepStatus.FAILED,
     from_statuses: Sequence[StepStatus] = (R,),
     reaped: dict[str, Any] | None = None,
+    silent_since: datetime | None = None,
 ) -> bool:
     """End a step ``failed`` or ``timed_out``; the rest of its run is cancelled, the run fails.
 
     ``attempt=None`` matches any attempt (the reaper failing a step that gave up).
     ``reaped`` (``reason``, ``action``) also records ``step.reaped`` first.
+    ``silent_since``: only if the step has not beaten since (the reaper's guard).
     """
     _lock_run(conn, run_id)
     at = now()
     guard = [steps.c.id == step_id, steps.c.status.in_(from_statuses)]
     if attempt is not None:
         guard.append(steps.c.attempt == attempt)
+    if silent_since is not None:
+        guard.append(_silent_since(silent_since))
     row = conn.execute(
         update(steps)
         .where(*guard)
@@ -550,16 +554,22 @@ def requeue_step(
     attempt: int,
     event: tuple[str, dict[str, Any]],
     delay_s: float = 0.0,
+    silent_since: datetime | None = None,
 ) -> bool:
-    """``running -> queued`` to be tried again (a retry, or the reaper); writes ``event``."""
+    """``running -> queued`` to be tried again (a retry, or the reaper); writes ``event``.
+
+    ``silent_since``: only if the step has not beaten since (the reaper's guard: a worker
+    that beat between the reaper's read and this write still holds its step).
+    """
     _lock_run(conn, run_id)
     at = now()
+    guard = [steps.c.id == step_id, steps.c.status == R, steps.c.attempt == attempt,
+             steps.c.attempt < steps.c.max_attempts]
+    if silent_since is not None:
+        guard.append(_silent_since(silent_since))
     result = conn.execute(
         update(steps)
-        .where(
-            steps.c.id == step_id, steps.c.status == R, steps.c.attempt == attempt,
-            steps.c.attempt < steps.c.max_attempts,
-        )
+        .where(*guard)
         .values(status=Q, heartbeat_at=None, updated_at=at,
                 due_at=at + timedelta(seconds=delay_s))
         .returning(steps.c.tool)
@@ -569,6 +579,12 @@ def requeue_step(
     record(conn, run_id, step_id, event[0], event[1])
     counters.bump(conn, {step_status(result.tool, Q): 1})
     return True
+
+
+def _silent_since(at: datetime) -> Any:
+    """The step's last sign of life (its heartbeat, else its start) is older than ``at``."""
+    last = func.coalesce(steps.c.heartbeat_at, steps.c.started_at)
+    return or_(last.is_(None), last < at)
 
 
 def redispatched(conn: Connection, run_id: str, step_id: str, payload: dict[str, Any]) -> bool:

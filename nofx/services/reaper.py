@@ -15,6 +15,7 @@ only one reaper act at a time, so two beat processes started by mistake do not d
 from __future__ import annotations
 
 import logging
+import time
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any, Iterator
@@ -25,7 +26,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from nofx import status
 from nofx.config import Settings, get_settings
-from nofx.db.engine import get_engine, transaction
+from nofx.db.engine import UNAVAILABLE, get_engine, transaction
 from nofx.db import counters
 from nofx.db.models import components, runs, steps
 from nofx.domain import RUN_ACTIVE, RunStatus, StepStatus
@@ -95,17 +96,59 @@ def _stuck_reason(row: Any, settings: Settings, at: datetime, silent_since: date
     return None
 
 
+class _Sight:
+    """Whether this process's reaper could reach the database, and since when again.
+
+    While the database is unreachable, so are the workers' heartbeats: every running step
+    falls silent together. After a tick that could not reach it, the reaper gives
+    heartbeats ``NOFX_STUCK_AFTER_S`` to resume before it takes silence for a dead worker
+    (a hard time limit is judged as ever). A fresh process (``nofx reap`` by hand) has
+    seen no failure and acts at once.
+    """
+
+    def __init__(self) -> None:
+        self.lost = False
+        self.regained_at: float | None = None
+
+    def judging_heartbeats(self, settings: Settings) -> bool:
+        if self.lost:
+            self.lost, self.regained_at = False, time.monotonic()
+        if self.regained_at is None:
+            return True
+        if time.monotonic() - self.regained_at >= settings.stuck_after_s:
+            self.regained_at = None
+            return True
+        return False
+
+
+SIGHT = _Sight()
+
+
 def reap(settings: Settings | None = None) -> dict[str, int]:
     """One reaper tick; returns how many of each action it took."""
     settings = settings or get_settings()
+    try:
+        return _reap(settings)
+    except UNAVAILABLE:
+        SIGHT.lost = True
+        raise
+
+
+def _reap(settings: Settings) -> dict[str, int]:
     done = {"requeued": 0, "failed": 0, "redispatched": 0, "finished": 0, "skipped": 0}
     with _single_reaper() as acquired:
         if not acquired:
             done["skipped"] = 1
             log.info("another reaper holds the lock; skipping this tick")
             return done
+        judging = SIGHT.judging_heartbeats(settings)
         for step in stuck_steps(settings):
-            done[_heal_stuck(step)] += 1
+            if step["reason"] == HEARTBEAT_LOST and not judging:
+                log.info("not judging a silent heartbeat yet: the database was unreachable "
+                         "until moments ago", extra={"run_id": step["run_id"],
+                                                     "step_id": step["id"]})
+                continue
+            done[_heal_stuck(step, settings)] += 1
         done["redispatched"] += _redispatch_stalled(settings)
         done["finished"] += _finish_completed_runs()
         _mark_alive()
@@ -114,13 +157,20 @@ def reap(settings: Settings | None = None) -> dict[str, int]:
     return done
 
 
-def _heal_stuck(step: dict[str, Any]) -> str:
+def _heal_stuck(step: dict[str, Any], settings: Settings) -> str:
     run_id, step_id, attempt, reason = step["run_id"], step["id"], step["attempt"], step["reason"]
     ids = {"run_id": run_id, "step_id": step_id}
+    # Acted on only if still silent: a heartbeat since this tick read the step means its
+    # worker is alive (``age_s`` is how long it had been silent then).
+    silent_since = None
+    if reason == HEARTBEAT_LOST:
+        silent_since = status.now() - timedelta(
+            seconds=settings.stuck_after_s)
     if attempt < step["max_attempts"]:
         payload = {"reason": reason, "action": "requeued", "attempt": attempt, "age_s": step["age_s"]}
         with transaction() as conn:
-            changed = status.requeue_step(conn, run_id, step_id, attempt, ("step.reaped", payload))
+            changed = status.requeue_step(conn, run_id, step_id, attempt, ("step.reaped", payload),
+                                          silent_since=silent_since)
             if changed:
                 _count(conn, reason, "requeued")
         if changed:
@@ -137,6 +187,7 @@ def _heal_stuck(step: dict[str, Any]) -> str:
         changed = status.fail_step(
             conn, run_id, step_id, attempt, error, status=final,
             reaped={"reason": reason, "action": "failed", "attempt": attempt, "age_s": step["age_s"]},
+            silent_since=silent_since,
         )
         if changed:
             _count(conn, reason, "failed")

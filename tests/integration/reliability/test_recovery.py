@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+import time
+from dataclasses import replace
 from datetime import timedelta
 
-from sqlalchemy import text, update
+import pytest
+from sqlalchemy import select, text, update
+from sqlalchemy.exc import OperationalError
 
 from nofx import status
+from nofx.config import get_settings
 from nofx.db.engine import get_engine, transaction
 from nofx.db.models import runs, steps
 from nofx.services import reaper
@@ -225,3 +231,52 @@ def test_an_attempt_whose_step_was_taken_away_is_interrupted_by_its_heartbeat(cl
                timeout=10, what="the task to stop")
     with transaction() as conn:  # let the run end: cancel it
         status.cancel_run(conn, run["id"])
+
+
+def _step_status(step_id: str) -> str:
+    with transaction() as conn:
+        return conn.execute(select(steps.c.status).where(steps.c.id == step_id)).scalar_one()
+
+
+def test_a_worker_that_beats_after_the_reaper_read_its_step_keeps_it(client):
+    # given a silent step the reaper has just read as stuck
+    run_id, step_id = _stored_running_step(started_ago_s=60, heartbeat_ago_s=50)
+    [seen] = [s for s in reaper.stuck_steps() if s["id"] == step_id]
+
+    # when its worker beats before the reaper acts (a slow tick, a worker back from a stall)
+    with transaction() as conn:
+        assert status.beat(conn, step_id, 1)
+
+    # then the reaper leaves it: requeued no, failed no, nothing recorded
+    assert reaper._heal_stuck(seen, get_settings()) == "skipped"
+    assert reaper._heal_stuck({**seen, "max_attempts": 1}, get_settings()) == "skipped"
+    assert _step_status(step_id) == "running" and kinds(client, run_id, "step.reaped") == []
+    with transaction() as conn:
+        status.cancel_run(conn, run_id)
+
+
+def test_after_losing_the_database_the_reaper_gives_heartbeats_time_to_resume(
+        client, monkeypatch, caplog):
+    # given a step silent for 50 s, and a reaper whose last tick could not reach the database
+    monkeypatch.setattr(reaper, "SIGHT", reaper._Sight())
+    settings = replace(get_settings(), stuck_after_s=1.0)
+    run_id, step_id = _stored_running_step(started_ago_s=60, heartbeat_ago_s=50)
+    with monkeypatch.context() as outage:
+        outage.setattr(reaper, "stuck_steps", lambda *a: (_ for _ in ()).throw(
+            OperationalError("SELECT", {}, Exception("connection refused"))))
+        with pytest.raises(OperationalError):
+            reaper.reap(settings)
+
+    # when the next tick reaches it again, the silence is not yet taken for a dead worker
+    with caplog.at_level(logging.INFO):
+        assert reaper.reap(settings)["requeued"] == 0
+    assert _step_status(step_id) == "running"
+    assert any("not judging a silent heartbeat yet" in r.getMessage() and
+               getattr(r, "step_id", None) == step_id for r in caplog.records)
+
+    # then, NOFX_STUCK_AFTER_S after the database came back, it is
+    time.sleep(1.1)
+    assert reaper.reap(settings)["requeued"] >= 1
+    assert kinds(client, run_id, "step.reaped")[0]["payload"]["reason"] == "heartbeat_lost"
+    with transaction() as conn:
+        status.cancel_run(conn, run_id)
