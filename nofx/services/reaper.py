@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any, Iterator
@@ -60,9 +61,10 @@ def running_steps_query() -> Select:
 
 
 def stalled_query(undispatched_before: datetime, overdue_before: datetime) -> Select:
-    """Due steps of active runs whose chain never brought them (partial index of due steps)."""
+    """Due steps of active runs whose chain never brought them (partial index of due steps),
+    longest overdue first."""
     return (
-        select(steps.c.id, steps.c.run_id, runs.c.dispatched_at)
+        select(steps.c.id, steps.c.run_id, steps.c.tool, steps.c.due_at, runs.c.dispatched_at)
         .join(runs, runs.c.id == steps.c.run_id)
         .where(
             steps.c.status == StepStatus.QUEUED,
@@ -73,6 +75,7 @@ def stalled_query(undispatched_before: datetime, overdue_before: datetime) -> Se
                 steps.c.due_at < overdue_before,
             ),
         )
+        .order_by(steps.c.due_at)
         .limit(500)
     )
 
@@ -197,16 +200,39 @@ def _heal_stuck(step: dict[str, Any], settings: Settings) -> str:
     return "skipped"
 
 
+def overdue_after_s(settings: Settings) -> float:
+    """How long a due step may wait for its message before it counts as overdue."""
+    return max(settings.stuck_after_s * 4, 120)
+
+
+def backlog_patience_s(settings: Settings) -> float:
+    """How long an overdue step may wait while its queue still holds messages."""
+    return max(overdue_after_s(settings) * 10, 1800)
+
+
 def _redispatch_stalled(settings: Settings) -> int:
-    """Send again runs whose due step never arrived; undispatched runs go first and fast."""
+    """Send again runs whose due step never arrived; undispatched runs go first and fast.
+
+    An overdue step whose queue still holds messages is most likely waiting in it, behind
+    a backlog (long LLM steps, a burst of runs): sending its run again would only add a
+    duplicate a tick, each one more message for the workers to wade through. It is sent
+    again once its queue has no message waiting (its own is lost, then), or once it has
+    waited ``backlog_patience_s``, whichever comes first.
+    """
     at = status.now()
     undispatched_before = at - timedelta(seconds=min(settings.reap_every_s, 5))
-    overdue_before = at - timedelta(seconds=max(settings.stuck_after_s * 4, 120))
+    overdue_before = at - timedelta(seconds=overdue_after_s(settings))
+    patient_until = at - timedelta(seconds=backlog_patience_s(settings))
     with transaction() as conn:
         rows = conn.execute(stalled_query(undispatched_before, overdue_before)).all()
-    count = 0
+    count, depths, waiting = 0, _QueueDepths(), Counter[str]()
     for row in rows:
         reason = "never_dispatched" if row.dispatched_at is None else NEVER_STARTED
+        if reason == NEVER_STARTED and row.due_at >= patient_until:
+            queue = queue_of(row.run_id, row.id, row.tool)
+            if depths.ready(queue):
+                waiting[queue] += 1
+                continue
         payload = {"reason": reason, "action": "redispatched"}
         with transaction() as conn:
             if not status.redispatched(conn, row.run_id, row.id, payload):
@@ -215,7 +241,44 @@ def _redispatch_stalled(settings: Settings) -> int:
         log.warning("run redispatched (%s)", reason, extra={"run_id": row.run_id, "step_id": row.id})
         dispatch.dispatch_run(row.run_id)
         count += 1
+    for queue, n in waiting.items():
+        log.info("%d overdue step(s) left waiting: queue %s holds %d message(s)", n, queue,
+                 depths.ready(queue), extra={"queue": queue, "overdue": n})
     return count
+
+
+def queue_of(run_id: str, step_id: str, tool: str) -> str:
+    """The queue a step's task goes to, as the Celery app routes it (``task_routes``)."""
+    from nofx.worker.app import app
+
+    route = app.amqp.router.route({}, "nofx.run_step", (run_id, step_id), {"tool": tool})
+    queue = route.get("queue")
+    return str(getattr(queue, "name", queue) or app.conf.task_default_queue)
+
+
+def ready_messages(queue: str) -> int | None:
+    """Messages waiting in ``queue`` (not yet delivered to a worker); ``None`` if unknown."""
+    from nofx.worker.app import app
+
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1)
+            return int(conn.default_channel.queue_declare(queue=queue, passive=True).message_count)
+    except Exception:  # unknown: the caller acts as if the queue were empty
+        log.warning("could not read the length of queue %s", queue, exc_info=True)
+        return None
+
+
+class _QueueDepths:
+    """Each queue's ready messages, read once a tick."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, int | None] = {}
+
+    def ready(self, queue: str) -> int:
+        if queue not in self._seen:
+            self._seen[queue] = ready_messages(queue)
+        return self._seen[queue] or 0
 
 
 def _finish_completed_runs() -> int:
