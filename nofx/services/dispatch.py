@@ -109,7 +109,12 @@ def time_limits(timeout_s: float) -> dict[str, float]:
     The soft limit leaves the step time to record ``timed_out`` before the hard limit kills
     the process (then the reaper takes over).
     """
-    return {"time_limit": timeout_s, "soft_time_limit": timeout_s - min(30.0, timeout_s * 0.1)}
+    return {"time_limit": timeout_s, "soft_time_limit": soft_limit_s(timeout_s)}
+
+
+def soft_limit_s(timeout_s: float) -> float:
+    """A step's soft time limit: its ``timeout_s`` less a tenth, at most 30 s less."""
+    return timeout_s - min(30.0, timeout_s * 0.1)
 
 
 def revoke(task_ids: list[str]) -> None:

@@ -20,9 +20,10 @@ from nofx import observe
 from nofx.config import get_settings
 from nofx.db.engine import UNAVAILABLE
 from nofx.domain import StepStatus
-from nofx.errors import StepLost, ToolError
+from nofx.errors import RetryableToolError, StepLost, ToolError
 from nofx.logs import bind
 from nofx.services import execute, reaper
+from nofx.services.dispatch import soft_limit_s
 from nofx.status import ClaimedStep
 from nofx.worker.app import app
 
@@ -92,24 +93,35 @@ def _run_claimed(self: StepTask, step: ClaimedStep) -> None:
         log.info("step finished but this attempt no longer holds it; result dropped",
                  extra=_ids(run_id, step_id, attempt=step.attempt))
         raise Ignore() from None
-    except SoftTimeLimitExceeded:
+    except SoftTimeLimitExceeded as exc:
         if not execute.still_holds(step):
             # Interrupted on purpose: the run was cancelled or the step reaped meanwhile.
             log.info("step interrupted: this attempt no longer holds it",
                      extra=_ids(run_id, step_id, attempt=step.attempt))
             raise Ignore() from None
+        if _elapsed(self.request) < soft_limit_s(step.timeout_s) - 1.0:
+            # Not this step's time limit: a cancel's revoke signals a *process*, which may
+            # have moved on from the cancelled step to this one (Celery's docs warn of
+            # terminate for this reason). The step did nothing wrong: run it again.
+            stray = RetryableToolError("interrupted by a signal meant for another task")
+            _retry(self, step, stray, delay=0.0)
         raise
     except ToolError as exc:
-        if exc.retryable and step.attempt < step.max_attempts:
-            delay = self.backoff(step.attempt)
-            if execute.retry_later(step, exc, delay):
-                observe.step_finished(step.tool, "retrying", _elapsed(self.request))
-                log.warning("step will retry in %.1fs: %s", delay, exc.message,
-                            extra=_ids(run_id, step_id, attempt=step.attempt))
-                raise self.retry(countdown=delay, exc=exc, max_retries=None) from exc
+        if exc.retryable:
+            _retry(self, step, exc, delay=self.backoff(step.attempt))
         raise
     observe.step_finished(step.tool, "succeeded", _elapsed(self.request))
     log.info("step succeeded", extra=_ids(run_id, step_id, tool=step.tool, attempt=step.attempt))
+
+
+def _retry(self: StepTask, step: ClaimedStep, exc: ToolError, delay: float) -> None:
+    """Queue the step again after ``delay`` (raises Celery's ``Retry``), if it has attempts
+    left and still holds its step; otherwise return, and the caller re-raises."""
+    if step.attempt < step.max_attempts and execute.retry_later(step, exc, delay):
+        observe.step_finished(step.tool, "retrying", _elapsed(self.request))
+        log.warning("step will retry in %.1fs: %s", delay, exc.message,
+                    extra=_ids(step.run_id, step.id, attempt=step.attempt))
+        raise self.retry(countdown=delay, exc=exc, max_retries=None) from exc
 
 
 def _not_claimed(run_id: str, step_id: str) -> None:

@@ -175,3 +175,54 @@ def test_llm_usage_the_database_cannot_take_is_logged_and_the_answer_kept(
     [said] = [r for r in caplog.records if "could not record llm.usage" in r.getMessage()]
     assert (said.run_id, said.step_id) == (run_id, step_id)
     assert (said.usage["input_tokens"], said.usage["output_tokens"]) == (5, 6)
+
+
+def test_a_step_interrupted_by_a_signal_meant_for_another_task_runs_again(
+        database, monkeypatch, caplog):
+    # given a step whose process receives SIGUSR1 meant for the task it ran before (a
+    # cancel's revoke arriving late): SoftTimeLimitExceeded long before its own limit
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    run_id, [step_id] = new_run("echo")
+    calls = {"n": 0}
+    finish = EchoTool.run
+
+    def interrupted_once(self: EchoTool, inputs: dict[str, Any], ctx: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise SoftTimeLimitExceeded()
+        return finish(self, inputs, ctx)
+
+    monkeypatch.setattr(EchoTool, "run", interrupted_once)
+
+    with caplog.at_level(logging.WARNING):
+        result = run(run_id, step_id)
+
+    # then it is not recorded timed out: it is tried again, and succeeds
+    assert result.state == "SUCCESS" and calls["n"] == 2
+    row = step_row(step_id)
+    assert (row["status"], row["attempt"]) == ("succeeded", 2)
+    assert event_types(run_id).count("step.retrying") == 1
+    assert any("meant for another task" in r.getMessage() for r in caplog.records)
+
+
+def test_a_step_past_its_own_soft_limit_still_ends_timed_out(database, monkeypatch):
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    # given a step whose soft limit (9 s for a 10 s timeout) has passed when the signal comes
+    run_id, step_id = status.new_id(), status.new_id()
+    with transaction() as conn:
+        status.create_run(conn, run_id=run_id, goal="g", plan={}, step_rows=[{
+            "id": step_id, "index": 0, "name": "s", "tool": "echo", "inputs": {},
+            "max_attempts": 3, "timeout_s": 10.0}])
+
+    def too_slow(self: EchoTool, inputs: dict[str, Any], ctx: Any) -> Any:
+        raise SoftTimeLimitExceeded()
+
+    monkeypatch.setattr(EchoTool, "run", too_slow)
+    monkeypatch.setattr("nofx.worker.tasks._elapsed", lambda request: 9.5)
+
+    result = run(run_id, step_id)
+
+    assert result.state == "FAILURE"
+    assert step_row(step_id)["status"] == "timed_out"
