@@ -98,17 +98,24 @@ def record(
 
 
 def record_for_attempt(
-    conn: Connection, step_id: str, attempt: int, type_: str, payload: dict[str, Any]
+    conn: Connection, run_id: str, step_id: str, attempt: int, type_: str,
+    payload: dict[str, Any],
 ) -> bool:
-    """Append an event for a step only while that attempt still holds it (e.g. ``llm.usage``)."""
+    """Append an event for a step only while that attempt still holds it (e.g. ``llm.usage``).
+
+    Under the run's lock, like every other writer of the run's events: their ids then
+    commit in order, so a reader that resumes after an id misses none.
+    """
+    _lock_run(conn, run_id)
     row = conn.execute(
-        select(steps.c.run_id).where(
-            steps.c.id == step_id, steps.c.status == R, steps.c.attempt == attempt
+        select(steps.c.id).where(
+            steps.c.id == step_id, steps.c.run_id == run_id, steps.c.status == R,
+            steps.c.attempt == attempt,
         )
     ).first()
     if row is None:
         return False
-    record(conn, row.run_id, step_id, type_, payload)
+    record(conn, run_id, step_id, type_, payload)
     return True
 
 
@@ -570,7 +577,7 @@ def requeue_step(
     result = conn.execute(
         update(steps)
         .where(*guard)
-        .values(status=Q, heartbeat_at=None, updated_at=at,
+        .values(status=Q, heartbeat_at=None, started_at=None, task_id=None, updated_at=at,
                 due_at=at + timedelta(seconds=delay_s))
         .returning(steps.c.tool)
     ).first()

@@ -123,7 +123,8 @@ def record_usage(step: status.ClaimedStep, completion: Completion) -> None:
     observe.llm_usage(completion, cost or 0.0)
     try:
         with transaction() as conn:
-            status.record_for_attempt(conn, step.id, step.attempt, "llm.usage", payload)
+            status.record_for_attempt(conn, step.run_id, step.id, step.attempt, "llm.usage",
+                                      payload)
     except UNAVAILABLE:
         # The model has answered (and been paid): keep its answer rather than fail the step
         # over the record of its cost, which this line and the metrics still carry.

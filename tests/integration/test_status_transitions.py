@@ -183,7 +183,7 @@ def test_an_attempt_from_before_a_resume_cannot_touch_the_resumed_step(db_url):
         assert not status.succeed_step(conn, run_id, step_id, 1, {})
         assert not status.fail_step(conn, run_id, step_id, 1, {"type": "E", "message": "m"})
         assert not status.requeue_step(conn, run_id, step_id, 1, ("step.retrying", {}))
-        assert not status.record_for_attempt(conn, step_id, 1, "llm.usage", {})
+        assert not status.record_for_attempt(conn, run_id, step_id, 1, "llm.usage", {})
         assert not status.beat(conn, step_id, 1)
         assert status.beat(conn, step_id, 2)
         # and a second resume gives a fresh budget again, numbering on
@@ -196,3 +196,19 @@ def test_an_attempt_from_before_a_resume_cannot_touch_the_resumed_step(db_url):
                                            events.c.type == "step.started")
             .order_by(events.c.id)).scalars().all()
     assert [e["attempt"] for e in started] == [2, 3]
+
+
+def test_a_step_queued_again_is_cancelled_as_a_queued_step(db_url):
+    # given a running step requeued (a retry waiting out its backoff, or the reaper's requeue)
+    run_id, step_id = make_run(db_url, S.RUNNING)
+    with get_engine(db_url).begin() as conn:
+        assert status.requeue_step(conn, run_id, step_id, 1, ("step.retrying", {}), delay_s=5)
+        # when its run is cancelled
+        to_revoke = status.cancel_run(conn, run_id)
+        finished = conn.execute(
+            select(events.c.payload).where(events.c.step_id == step_id,
+                                           events.c.type == "step.finished")).scalar_one()
+    # then no task is revoked for it (its old task is done: a revoke would signal whatever
+    # its process runs now), and it ran for no time in this status
+    assert to_revoke == []
+    assert finished["duration_s"] == 0.0
