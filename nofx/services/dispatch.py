@@ -117,8 +117,9 @@ def soft_limit_s(timeout_s: float) -> float:
     return timeout_s - min(30.0, timeout_s * 0.1)
 
 
-def revoke(task_ids: list[str]) -> None:
-    """Stop running step tasks: SIGUSR1 raises SoftTimeLimitExceeded inside the tool."""
+def revoke(run_id: str, task_ids: list[str]) -> None:
+    """Stop a cancelled run's running step tasks: SIGUSR1 raises SoftTimeLimitExceeded
+    inside the tool (a step that no longer holds its step then stops quietly)."""
     if not task_ids:
         return
     from nofx.worker import app
@@ -126,4 +127,5 @@ def revoke(task_ids: list[str]) -> None:
     try:
         app.control.revoke(task_ids, terminate=True, signal="SIGUSR1")
     except Exception:  # the steps are already cancelled in the database; revoking is a courtesy
-        log.warning("could not revoke tasks %s", task_ids, exc_info=True)
+        log.warning("could not revoke tasks %s; their heartbeats will stop them", task_ids,
+                    exc_info=True, extra={"run_id": run_id})

@@ -288,7 +288,11 @@ def _finish_completed_runs() -> int:
     finished = 0
     for run_id in run_ids:
         with transaction() as conn:
-            finished += status.finish_run(conn, run_id)
+            ended = status.finish_run(conn, run_id)
+        if ended:
+            log.warning("run ended by the reaper: every step had succeeded, its end was lost",
+                        extra={"run_id": run_id})
+            finished += 1
     return finished
 
 

@@ -225,7 +225,7 @@ def cancel_run(run_id: str) -> dict[str, Any]:
     if task_ids is None:
         raise Conflict(f"run {run_id} has already finished; only queued or running runs cancel")
     log.info("run cancelled", extra={"run_id": run_id})
-    dispatch.revoke(task_ids)
+    dispatch.revoke(run_id, task_ids)
     return get_run(run_id)
 
 

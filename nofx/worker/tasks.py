@@ -59,6 +59,10 @@ class StepTask(Task):
                       extra=_ids(run_id, step_id, tool=kwargs.get("tool")))
             outcome = "timed_out" if isinstance(exc, SoftTimeLimitExceeded) else "failed"
             observe.step_finished(kwargs.get("tool", "?"), outcome, _elapsed(self.request))
+        else:
+            log.warning("step failure not recorded: this attempt no longer holds the step "
+                        "(%s)", execute.error_of(exc)["message"],
+                        extra=_ids(run_id, step_id, attempt=attempt))
 
 
 @app.task(bind=True, base=StepTask, name="nofx.run_step")
