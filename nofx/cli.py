@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import click
 
@@ -54,10 +55,16 @@ def dev(plan_path: str | None, exit_after: bool, concurrency: int) -> None:
 @main.command()
 @click.option("--host", help="Address to bind [NOFX_API_HOST, default 127.0.0.1].")
 @click.option("--port", type=int, help="Port to bind [NOFX_API_PORT, default 8000].")
-@click.option("--workers", type=int, default=None, help="gunicorn worker processes [2].")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="gunicorn worker processes [NOFX_API_WORKERS, default 2].")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Threads per process; each open event stream holds one "
+                   "[NOFX_API_THREADS, default 8].")
 @click.option("--allow-open", is_flag=True,
-              help="Bind a non-loopback address without NOFX_API_TOKEN (not recommended).")
-def api(host: str | None, port: int | None, workers: int | None, allow_open: bool) -> None:
+              help="Bind a non-loopback address without NOFX_API_TOKEN (not recommended) "
+                   "[NOFX_API_ALLOW_OPEN].")
+def api(host: str | None, port: int | None, workers: int | None, threads: int | None,
+        allow_open: bool) -> None:
     """Serve the HTTP API under gunicorn (production)."""
     if host:
         os.environ["NOFX_API_HOST"] = host
@@ -65,6 +72,8 @@ def api(host: str | None, port: int | None, workers: int | None, allow_open: boo
         os.environ["NOFX_API_PORT"] = str(port)
     if workers:
         os.environ["NOFX_API_WORKERS"] = str(workers)
+    if threads:
+        os.environ["NOFX_API_THREADS"] = str(threads)
     if allow_open:
         os.environ["NOFX_API_ALLOW_OPEN"] = "1"
     from nofx.config import reset_settings
@@ -120,9 +129,17 @@ def bench(ctx: click.Context) -> None:
 
 @main.command()
 def reap() -> None:
-    """Run one reaper tick now, here, and print what it did."""
+    """Run one reaper tick now, here, and print what it did (JSON).
+
+    It acts on the database at NOFX_DATABASE_URL and sends runs through NOFX_BROKER_URL,
+    named on stderr first: unset, they are this directory's embedded ones (./.nofx).
+    """
+    from nofx.config import get_settings
     from nofx.services.reaper import reap as reap_now
 
+    settings = get_settings()
+    click.echo(f"reaping {_safe_url(settings.database_url)} "
+               f"(broker {_safe_url(settings.broker_url)})", err=True)
     click.echo(json.dumps(reap_now()))
 
 
@@ -141,8 +158,13 @@ def upgrade(revision: str) -> None:
     from nofx.config import get_settings
     from nofx.db.migrate import upgrade as do_upgrade
 
+    from nofx.db.engine import get_engine
+    from nofx.db.migrate import revision as found
+
     do_upgrade(revision=revision)
-    click.echo(f"database at {_safe_url(get_settings().database_url)} is at {revision}")
+    with get_engine().connect() as conn:
+        now_at = found(conn)
+    click.echo(f"database at {_safe_url(get_settings().database_url)} is at revision {now_at}")
 
 
 @db.command()
@@ -174,21 +196,41 @@ def runs(ctx: click.Context, api_url: str | None) -> None:
 
 
 def _call(fn: Any, *args: Any) -> Any:
+    with _api_errors():
+        return fn(*args)
+
+
+@contextmanager
+def _api_errors() -> Iterator[None]:
+    """The API's errors, and failures to reach it, as one clear line (no traceback)."""
+    import httpx
+
     from nofx.client import ApiError
 
     try:
-        return fn(*args)
+        yield
     except ApiError as exc:
         detail = exc.body.get("errors") if isinstance(exc.body, dict) else None
         message = str(exc) + (f"\n{json.dumps(detail, indent=2)}" if detail else "")
         raise click.ClickException(message) from exc
-    except Exception as exc:  # connection refused and the like: say what and where
+    except httpx.TransportError as exc:
+        try:
+            where = f" at {exc.request.url.copy_with(path='/', query=None)}"
+        except RuntimeError:
+            where = ""
+        raise click.ClickException(
+            f"cannot reach the NOFX API{where} ({type(exc).__name__}: {exc}). Is it running "
+            "(nofx dev, nofx api)? Point at it with --api-url or NOFX_API_URL.") from exc
+    except (click.ClickException, TimeoutError):  # already clear; a wait's own deadline
+        raise
+    except Exception as exc:  # anything else: say what, not how
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
 
 
 @runs.command()
 @click.argument("plan_file", type=click.File("r"))
-@click.option("--wait", is_flag=True, help="Show progress until the run ends; exit 1 unless it succeeded.")
+@click.option("--wait", is_flag=True, help="Show progress until the run ends; exit 0 if it "
+              "succeeded, 1 if it did not, 2 if --timeout passed first.")
 @click.option("--timeout", type=float, default=None, help="With --wait: give up after this many seconds.")
 @click.option("--idempotency-key", help="Send as Idempotency-Key: resubmitting returns the same run.")
 @click.pass_obj
@@ -208,8 +250,9 @@ def submit(client: Any, plan_file: Any, wait: bool, timeout: float | None,
 def watch(client: Any, run_id: str, timeout: float | None) -> int:
     """Print a run's events as they come, then its outcome and artifacts; 0 if it succeeded."""
     try:
-        for event in client.follow(run_id, timeout_s=timeout):
-            click.echo(describe_event(event))
+        with _api_errors():
+            for event in client.follow(run_id, timeout_s=timeout):
+                click.echo(describe_event(event))
     except TimeoutError as exc:
         click.echo(str(exc), err=True)
         return 2
@@ -256,7 +299,7 @@ def show(client: Any, run_id: str) -> None:
 def events(client: Any, run_id: str, follow: bool, as_json: bool) -> None:
     """Print a run's events."""
     def _print() -> None:
-        for event in client.follow(run_id) if follow else client.events(run_id):
+        for event in client.follow(run_id) if follow else client.history(run_id):
             click.echo(json.dumps(event) if as_json else describe_event(event))
 
     _call(_print)
@@ -282,7 +325,8 @@ def cancel(client: Any, run_id: str) -> None:
 
 @runs.command()
 @click.argument("run_id")
-@click.option("--wait", is_flag=True, help="Show progress until the run ends.")
+@click.option("--wait", is_flag=True, help="Show progress until the run ends; exit 0 if it "
+              "succeeded, 1 if it did not.")
 @click.pass_obj
 def retry(client: Any, run_id: str, wait: bool) -> None:
     """Resume a failed or cancelled run from its first unsuccessful step."""

@@ -66,6 +66,16 @@ class Client:
         params = {"after": after, "limit": limit}
         return self._json(self.http.get(f"/runs/{run_id}/events", params=params))["items"]
 
+    def history(self, run_id: str) -> Iterator[dict]:
+        """Every event of the run so far, page after page."""
+        after = 0
+        while True:
+            page = self.events(run_id, after)
+            yield from page
+            if len(page) < EVENT_PAGE:
+                return
+            after = page[-1]["id"]
+
     def cancel(self, run_id: str) -> dict:
         """``POST /runs/{id}/cancel``."""
         return self._json(self.http.post(f"/runs/{run_id}/cancel"))

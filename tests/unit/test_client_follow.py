@@ -26,8 +26,9 @@ class FakeApi:
     """An event log and a run status; ``later`` is appended after the first read."""
 
     def __init__(self, first: list[str], status: str, later: list[str] | None = None,
-                 later_status: str | None = None) -> None:
+                 later_status: str | None = None, page_max: int = 1000) -> None:
         self.log: list[dict[str, Any]] = []
+        self.page_max = page_max  # the API's own ceiling on ``limit``
         self.status = status
         self.later, self.later_status = later or [], later_status
         self.reads = 0
@@ -40,7 +41,7 @@ class FakeApi:
 
     def _read(self, after: int, limit: int) -> list[dict[str, Any]]:
         self.reads += 1
-        page = [e for e in self.log if e["id"] > after][:limit]
+        page = [e for e in self.log if e["id"] > after][:min(limit, self.page_max)]
         if self.reads == 1 and self.later:  # the retried attempt runs on after the first read
             self._append(self.later)
             self.status = self.later_status or self.status

@@ -1,0 +1,65 @@
+"""The ``nofx`` command's edges: an API it cannot reach, long event logs, `db upgrade`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from nofx import cli
+from nofx import client as client_module
+from nofx.client import Client
+from tests.support.procs import free_port
+from tests.unit.test_client_follow import RUN, FakeApi, client_for
+
+
+def test_an_api_that_cannot_be_reached_is_one_clear_line_naming_it():
+    url = f"http://127.0.0.1:{free_port()}"
+
+    result = CliRunner().invoke(cli.main, ["runs", "--api-url", url, "show", RUN])
+
+    assert result.exit_code == 1
+    assert f"cannot reach the NOFX API at {url}/" in result.output
+    assert "--api-url or NOFX_API_URL" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_an_api_lost_while_waiting_is_one_clear_line_too():
+    class Dropping(Client):
+        def follow(self, run_id: str, **_: Any) -> Any:
+            yield {"id": 1, "type": "run.created", "created_at": "2026-12-06T00:00:00.000Z"}
+            raise httpx.ConnectError("connection reset",
+                                     request=httpx.Request("GET", "http://nofx.test/runs"))
+
+    with pytest.raises(click.ClickException, match="cannot reach the NOFX API"):
+        cli.watch(Dropping(base_url="http://nofx.test", token=""), RUN, None)
+
+
+def test_events_without_follow_prints_every_event_page_after_page(monkeypatch):
+    monkeypatch.setattr(client_module, "EVENT_PAGE", 3)
+    api = FakeApi(["run.created", "run.started", "step.started", "llm.usage",
+                   "step.finished", "run.finished", "late"], "succeeded", page_max=3)
+    monkeypatch.setattr(client_module, "Client", lambda *a, **k: client_for(api))
+
+    result = CliRunner().invoke(cli.main, ["runs", "events", RUN, "--json"])
+
+    assert result.exit_code == 0, result.output
+    assert len(result.output.strip().splitlines()) == 7
+
+
+def test_db_upgrade_says_the_revision_the_database_is_at(tmp_path, monkeypatch):
+    from nofx.config import reset_settings
+    from nofx.db.migrate import head
+
+    monkeypatch.setenv("NOFX_DATABASE_URL", f"sqlite:///{tmp_path / 'nofx.db'}")
+    reset_settings()
+    try:
+        result = CliRunner().invoke(cli.main, ["db", "upgrade"])
+    finally:
+        monkeypatch.undo()
+        reset_settings()
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().endswith(f"is at revision {head()}")
