@@ -33,9 +33,29 @@ def _create(url: str) -> Engine:
         return _create_sqlite(url)
     # Sized for a gunicorn worker or a prefork child; recycled so a proxy that drops idle
     # connections never hands us a dead one.
-    engine = create_engine(url, pool_size=5, max_overflow=5, pool_recycle=1800, pool_timeout=10)
+    engine = create_engine(url, pool_size=5, max_overflow=5, pool_recycle=1800, pool_timeout=10,
+                           connect_args=connect_args(url))
     _ping_when_idle(engine)
     return engine
+
+
+#: libpq settings so a database that vanishes from the network (a failover, a dropped
+#: route: no reset, no answer) fails a connection in about a minute instead of hanging it
+#: for the kernel's TCP timeouts (15 min and more): the reaper's tick and a step's heartbeat
+#: thread would hang with it. A URL's own query parameters win.
+LIBPQ_DEFAULTS = {
+    "connect_timeout": 10,
+    "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3,
+    "tcp_user_timeout": 60_000,  # ms: sent data unacknowledged this long fails the connection
+}
+
+
+def connect_args(url: str) -> dict[str, Any]:
+    """The driver settings for ``url``: :data:`LIBPQ_DEFAULTS` less what the URL sets."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "postgresql":
+        return {}
+    return {k: v for k, v in LIBPQ_DEFAULTS.items() if k not in parsed.query}
 
 
 #: A connection used this recently is taken to be alive; one idle longer is pinged first.

@@ -345,3 +345,16 @@ def test_a_python_error_between_statements_rolls_back_and_keeps_the_connection(h
     finally:
         with engines.transaction(held_url) as conn:
             conn.execute(text("DROP TABLE rollback_probe"))
+
+
+def test_connections_give_up_on_a_vanished_database_in_about_a_minute_not_the_kernels_timeouts(
+        database):
+    # given the configured database, and the same one with a setting of its own in the URL
+    tuned = f"{database}?connect_timeout=3"
+    for url, expected in ((database, engines.LIBPQ_DEFAULTS),
+                          (tuned, {**engines.LIBPQ_DEFAULTS, "connect_timeout": 3})):
+        with engines.get_engine(url).connect() as conn:
+            dsn = conn.connection.dbapi_connection.info.dsn  # what libpq was given
+        # then each connection carries connect, keepalive and TCP user timeouts; the URL wins
+        settings = dict(part.split("=", 1) for part in dsn.split())
+        assert {k: settings.get(k) for k in expected} == {k: str(v) for k, v in expected.items()}
