@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import unicodedata
+from urllib.parse import quote
+
 from flask import Response
 from flask.views import MethodView
 from flask_smorest import Blueprint
@@ -21,6 +24,22 @@ class ArtifactContent(MethodView):
         artifact = service.get_artifact(artifact_id)
         data = adapters.storage().get(artifact["storage_key"])
         response = Response(data, mimetype=artifact["content_type"])
-        response.headers["Content-Disposition"] = f'inline; filename="{artifact["name"]}"'
+        response.headers.set("Content-Disposition", "inline",
+                             **filename_params(artifact["name"]))
         response.headers["ETag"] = f'"{artifact["sha256"]}"'
         return response
+
+
+def filename_params(name: str) -> dict[str, str]:
+    """``Content-Disposition`` parameters naming the file ``name``, as Flask's ``send_file``
+    writes them: quoted, with an ASCII ``filename`` and, for any other name, the exact one
+    as RFC 5987 ``filename*`` (a plugin tool's artifact may be named anything; no header
+    may carry a control character)."""
+    name = "".join(c if c.isprintable() else "_" for c in name) or "artifact"
+    try:
+        name.encode("ascii")
+        return {"filename": name}
+    except UnicodeEncodeError:
+        plain = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode("ascii")
+        return {"filename": plain or "artifact",
+                "filename*": f"UTF-8''{quote(name, safe='!#$&+^`|')}"}

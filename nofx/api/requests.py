@@ -6,7 +6,11 @@ import io
 import re
 import uuid
 
+from typing import Any
+
 from flask import Flask, Response, current_app, g, request
+from flask_smorest import abort
+from webargs.flaskparser import FlaskParser
 
 from nofx.api.errors import error_response
 from nofx.logs import bind
@@ -63,3 +67,14 @@ def _read_streamed_body(limit: int) -> tuple[Response, int] | None:
 
 def _too_large(limit: int) -> tuple[Response, int]:
     return error_response(413, f"the body is larger than {limit} bytes (NOFX_MAX_BODY_BYTES)")
+
+
+class JsonBodyParser(FlaskParser):
+    """webargs' parser, with a body nested deeper than Python's JSON decoder recurses (a
+    ``RecursionError``, not a decoding error) answered ``400`` like any unreadable body."""
+
+    def _raw_load_json(self, req: Any) -> Any:
+        try:
+            return super()._raw_load_json(req)
+        except RecursionError:
+            abort(400, message="the JSON body is nested too deeply to read")

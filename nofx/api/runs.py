@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 from uuid import UUID
 
@@ -16,11 +16,12 @@ from flask_smorest.error_handler import ErrorSchema
 from marshmallow import RAISE
 
 from nofx.api import schemas, stream
-from nofx.api.requests import check_body
+from nofx.api.requests import JsonBodyParser, check_body
 from nofx.config import get_settings
 from nofx.services import runs as service
 
 blp = Blueprint("runs", __name__, url_prefix="/runs", description="Runs of plans")
+blp.ARGUMENTS_PARSER = JsonBodyParser()
 blp.before_request(check_body)
 
 
@@ -167,8 +168,8 @@ def decode_cursor(cursor: str | None) -> tuple[datetime, str] | None:
         parsed = datetime.fromisoformat(created_at)
         if parsed.tzinfo is None:
             raise ValueError("cursor time has no zone")
-        return parsed, str(UUID(run_id))
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+        return parsed.astimezone(timezone.utc), str(UUID(run_id))
+    except (ValueError, OverflowError, binascii.Error, UnicodeDecodeError):
         abort(422, message="invalid cursor",
               errors={"query": {"cursor": ["not a cursor from this API"]}})
     return None

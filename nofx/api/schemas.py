@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import math
 import re
 from functools import cache
 from http import HTTPStatus
@@ -155,30 +156,43 @@ class RunCreateSchema(Schema):
     plan = fields.Nested(PlanSchema, required=True)
 
     @pre_load
-    def _storable_text(self, data: Any, **_: Any) -> Any:
-        # Postgres stores no NUL character (text or JSONB) and UTF-8 has no lone surrogate;
-        # JSON allows both ("\u0000", "\ud800"), so refuse them here, not at INSERT time.
-        where = _unstorable_text(data)
-        if where is not None:
-            raise ValidationError({where: ["text with a NUL character (\\u0000) or an unpaired "
-                                           "surrogate cannot be stored"]})
+    def _storable_json(self, data: Any, **_: Any) -> Any:
+        # JSON as Python reads it holds what NOFX cannot store or send back: text with a NUL
+        # character ("\u0000": Postgres stores none) or a lone surrogate ("\ud800": UTF-8
+        # has none), NaN and infinities (JSON has none; jsonb refuses them; "1e400" reads as
+        # one), and nesting deep enough to exhaust a recursive encoder. Refuse them here,
+        # saying where, rather than at INSERT time or when the run is read back.
+        found = _unstorable(data)
+        if found is not None:
+            where, why = found
+            raise ValidationError({where: [why]})
         return data
 
 
-def _unstorable_text(data: Any) -> str | None:
-    """The path (``plan.steps.0.inputs.x``) of the first string NOFX could not store."""
-    stack: list[tuple[str, Any]] = [("", data)]
+#: How deep a plan may nest (its tool inputs included): far beyond any tool's needs.
+MAX_DEPTH = 64
+_BAD_TEXT = "text with a NUL character (\\u0000) or an unpaired surrogate cannot be stored"
+_BAD_NUMBER = "a number JSON cannot carry (NaN, an infinity, or beyond a double's range)"
+
+
+def _unstorable(data: Any) -> tuple[str, str] | None:
+    """The path (``plan.steps.0.inputs.x``) of the first value NOFX could not store, and why."""
+    stack: list[tuple[str, Any, int]] = [("", data, 0)]
     while stack:
-        path, value = stack.pop()
+        path, value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return path, f"nested more than {MAX_DEPTH} levels deep"
         if isinstance(value, dict):
             for key, item in value.items():
                 if not _storable(str(key)):
-                    return f"{path or '_schema'} (a key)"
-                stack.append((f"{path}.{key}" if path else str(key), item))
+                    return f"{path or '_schema'} (a key)", _BAD_TEXT
+                stack.append((f"{path}.{key}" if path else str(key), item, depth + 1))
         elif isinstance(value, list):
-            stack.extend((f"{path}.{i}", item) for i, item in enumerate(value))
+            stack.extend((f"{path}.{i}", item, depth + 1) for i, item in enumerate(value))
         elif isinstance(value, str) and not _storable(value):
-            return path or "_schema"
+            return path or "_schema", _BAD_TEXT
+        elif isinstance(value, float) and not math.isfinite(value):
+            return path or "_schema", _BAD_NUMBER
     return None
 
 

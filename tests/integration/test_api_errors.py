@@ -113,3 +113,35 @@ def test_bad_query_parameters_get_422(client):
     assert_error_shape(client.get("/runs?status=sleeping"), 422)
     assert_error_shape(client.get("/runs?cursor=%%%"), 422)
     assert_error_shape(client.get("/runs/x/events?after=-1"), 422)
+
+
+@pytest.mark.parametrize("name", ["报告.md", 'a"b.md', "two\nlines.md", "plain.md"])
+def test_an_artifact_named_anything_by_a_plugin_tool_downloads(client, services, name):
+    # given an artifact a plugin tool named freely (the built-in tools allow safe names only)
+    from nofx import adapters, status
+    from nofx.db.models import artifacts
+
+    run_id, step_id = status.new_id(), status.new_id()
+    with transaction() as conn:
+        status.create_run(conn, run_id=run_id, goal="g", plan={}, step_rows=[{
+            "id": step_id, "index": 0, "name": "s", "tool": "echo", "inputs": {},
+            "max_attempts": 1, "timeout_s": 30.0}])
+        key = f"tests/{run_id}/artifact"
+        stored = adapters.storage().put(key, b"bytes", "text/markdown")
+        artifact_id = status.new_id()
+        conn.execute(artifacts.insert().values(
+            id=artifact_id, run_id=run_id, step_id=step_id, name=name,
+            content_type="text/markdown", size=stored.size, sha256=stored.sha256,
+            storage_key=stored.key, created_at=status.now()))
+        status.cancel_run(conn, run_id)
+
+    # when it is downloaded
+    response = client.get(f"/artifacts/{artifact_id}/content")
+
+    # then it comes, with a header a browser can read and no line break in it
+    assert response.status_code == 200 and response.data == b"bytes"
+    disposition = response.headers["Content-Disposition"]
+    assert disposition.startswith("inline; filename")
+    assert "\n" not in disposition and disposition.encode("latin-1")
+    if name == "plain.md":
+        assert disposition == 'inline; filename=plain.md'

@@ -62,6 +62,54 @@ def test_text_postgres_cannot_store_is_a_422_saying_where(client, body, where):
     assert where in response.get_json()["errors"]["json"]
 
 
+@pytest.mark.parametrize(("value", "where"), [
+    ("NaN", "plan.steps.0.inputs.a"),
+    ("Infinity", "plan.steps.0.inputs.a"),
+    ("-Infinity", "plan.steps.0.inputs.a"),
+    ("1e400", "plan.steps.0.inputs.a"),
+    ('[1, {"b": NaN}]', "plan.steps.0.inputs.a.1.b"),
+])
+def test_numbers_json_cannot_carry_are_a_422_saying_where(client, value, where):
+    # given a plan holding NaN or an infinity (Python's JSON reads them; JSON has neither,
+    # and Postgres' jsonb refuses them), or a number too large for a double
+    body = ('{"plan": {"goal": "g", "steps": [{"name": "s", "tool": "echo", '
+            f'"inputs": {{"a": {value}}}}}]}}}}')
+    before = client.get("/runs?limit=200").get_json()["items"]
+    response = client.post("/runs", data=body, content_type="application/json")
+    # then it is refused, saying where, and nothing is stored
+    assert response.status_code == 422, response.get_data(as_text=True)
+    assert where in response.get_json()["errors"]["json"]
+    assert client.get("/runs?limit=200").get_json()["items"] == before
+
+
+@pytest.mark.parametrize(("depth", "code"), [(100, 422), (1_000, 400), (100_000, 400)])
+def test_json_nested_beyond_reason_is_a_json_error_not_a_500(client, depth, code):
+    # given a plan whose inputs nest ``depth`` levels deep: past NOFX's limit of 64, or past
+    # what Python's JSON decoder can recurse through
+    body = ('{"plan": {"goal": "g", "steps": [{"name": "s", "tool": "echo", "inputs": '
+            + '{"a": ' * depth + "1" + "}" * depth + "}]}}")
+    response = client.post("/runs", data=body, content_type="application/json")
+    # then it is a JSON error that says so, not a 500
+    assert response.status_code == code, response.get_data(as_text=True)[:300]
+    assert response.mimetype == "application/json"
+    assert "nested" in response.get_data(as_text=True)
+
+
+def test_a_body_of_nothing_but_nesting_is_a_400(client):
+    response = client.post("/runs", data="[" * 100_000, content_type="application/json")
+    assert response.status_code == 400 and "nested" in response.get_json()["message"]
+
+
+@pytest.mark.parametrize("when", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
+def test_a_cursor_at_the_edge_of_time_is_a_422(client, when):
+    import base64
+
+    cursor = base64.urlsafe_b64encode(
+        f"{when}|3f0f6bd4-4a55-4c38-9b1c-1b6f7f1f2a10".encode()).decode().rstrip("=")
+    response = client.get(f"/runs?cursor={cursor}")
+    assert response.status_code == 422 and response.get_json()["message"] == "invalid cursor"
+
+
 @pytest.mark.parametrize(("path", "field"), [
     ("/runs?limit=201", "limit"),
     ("/runs?limit=0", "limit"),
