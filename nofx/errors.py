@@ -39,9 +39,17 @@ class ToolError(NofxError):
 
 
 class RetryableToolError(ToolError):
-    """A passing failure: rate limits, overload, timeouts, connection errors, 5xx."""
+    """A passing failure: rate limits, overload, timeouts, connection errors, 5xx.
+
+    ``retry_after_s``: how long the other side asked us to wait (``Retry-After``), if it did.
+    """
 
     retryable = True
+
+    def __init__(self, message: str, *, errors: dict[str, Any] | None = None,
+                 retry_after_s: float | None = None) -> None:
+        super().__init__(message, errors=errors)
+        self.retry_after_s = retry_after_s
 
 
 class PermanentToolError(ToolError):

@@ -36,11 +36,13 @@ class StepTask(Task):
     acks_late = True
     reject_on_worker_lost = True
 
-    def backoff(self, attempt: int) -> float:
-        """Exponential backoff with full jitter, capped."""
+    def backoff(self, attempt: int, exc: ToolError | None = None) -> float:
+        """Exponential backoff with jitter, capped; at least what the failing service asked
+        for (``Retry-After`` on a 429 or 529), within the same cap."""
         settings = get_settings()
         ceiling = min(settings.retry_backoff_max_s, settings.retry_backoff_s * 2 ** (attempt - 1))
-        return random.uniform(ceiling / 2, ceiling)
+        asked = getattr(exc, "retry_after_s", None) or 0.0
+        return max(random.uniform(ceiling / 2, ceiling), min(asked, settings.retry_backoff_max_s))
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any,
                    einfo: Any) -> None:
@@ -112,7 +114,7 @@ def _run_claimed(self: StepTask, step: ClaimedStep) -> None:
         raise
     except ToolError as exc:
         if exc.retryable:
-            _retry(self, step, exc, delay=self.backoff(step.attempt))
+            _retry(self, step, exc, delay=self.backoff(step.attempt, exc))
         raise
     observe.step_finished(step.tool, "succeeded", _elapsed(self.request))
     log.info("step succeeded", extra=_ids(run_id, step_id, tool=step.tool, attempt=step.attempt))

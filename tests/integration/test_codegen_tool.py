@@ -45,12 +45,15 @@ def test_the_models_text_becomes_the_artifact_and_usage_is_reported(fake_llm):
     (Reply.error(429), RetryableToolError),
     (Reply.error(529), RetryableToolError),
     (Reply.error(500), RetryableToolError),
+    (Reply.error(501), RetryableToolError),
+    (Reply.error(520), RetryableToolError),
     (Reply.malformed(), RetryableToolError),
     (Reply.ok(""), RetryableToolError),
     (Reply.error(400), PermanentToolError),
     (Reply.error(401), PermanentToolError),
     (Reply.error(403), PermanentToolError),
-], ids=["429", "529", "500", "malformed", "empty text", "400", "401", "403"])
+], ids=["429", "529", "500", "501", "520 (a proxy's)", "malformed", "empty text", "400", "401",
+        "403"])
 def test_each_kind_of_llm_failure_is_classified(fake_llm, reply, error):
     marker = token()
     fake_llm.script(marker, [reply])
@@ -66,3 +69,33 @@ def test_an_unreachable_api_is_a_retryable_error(monkeypatch):
     monkeypatch.setenv("ANTHROPIC_BASE_URL", "http://127.0.0.1:9")
     with pytest.raises(RetryableToolError, match="unreachable"):
         run_codegen({"prompt": "x"}, [])
+
+
+@pytest.mark.parametrize(("headers", "wait"), [
+    ({"retry-after": "7"}, 7.0),
+    ({"retry-after-ms": "1500", "retry-after": "2"}, 1.5),
+    ({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, None),
+    ({}, None),
+], ids=["seconds", "milliseconds first", "an HTTP date", "none"])
+def test_the_wait_a_rate_limit_asks_for_comes_with_the_error(fake_llm, headers, wait):
+    marker = token()
+    fake_llm.script(marker, [Reply(status=429, headers=headers)])
+    with pytest.raises(RetryableToolError) as caught:
+        run_codegen({"prompt": marker}, [])
+    assert caught.value.retry_after_s == wait
+
+
+def test_a_long_answer_gets_the_time_its_length_needs_not_the_short_default(fake_llm):
+    # given a model that takes 2 s to answer, and a 1 s request timeout, but an answer of up
+    # to 120 tokens, which the SDK's pace (~36 tokens/s) gives 3.4 s
+    marker = token()
+    fake_llm.script(marker, [Reply(text="# Slow\n", delay_s=2.0)])
+    tool = CodegenTool()
+    ctx = ToolContext(run_id="r", step_id="s", attempt=1, llm_client=AnthropicLLM(timeout_s=1),
+                      default_model="claude-sonnet-4-5", default_max_tokens=120,
+                      on_usage=lambda c: None)
+    # then the answer arrives
+    assert tool.run(tool.validate({"prompt": marker}), ctx).artifacts[0].data == b"# Slow\n"
+    # and a short answer keeps the configured timeout
+    assert AnthropicLLM(timeout_s=60).timeout_for(256) == 60
+    assert AnthropicLLM(timeout_s=60).timeout_for(8192) == pytest.approx(230.4)

@@ -26,6 +26,7 @@ class Reply:
     output_tokens: int = 22
     raw: bytes | None = None  # sent as-is (malformed answers)
     delay_s: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)  # e.g. retry-after on a 429
 
     @classmethod
     def ok(cls, text: str, input_tokens: int = 11, output_tokens: int = 22) -> "Reply":
@@ -114,9 +115,10 @@ class FakeAnthropic:
         if reply.delay_s:
             threading.Event().wait(reply.delay_s)
         if reply.raw is not None:
-            return _send(handler, reply.status, reply.raw)
+            return _send(handler, reply.status, reply.raw, reply.headers)
         if reply.status != 200:
-            return _send(handler, reply.status, _error_body(reply.status, "scripted failure"))
+            return _send(handler, reply.status, _error_body(reply.status, "scripted failure"),
+                         reply.headers)
         message = {
             "id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant",
             "model": body.get("model", "claude-sonnet-4-5"),
@@ -143,8 +145,11 @@ def _error_body(status: int, message: str) -> bytes:
     return json.dumps({"type": "error", "error": {"type": kind, "message": message}}).encode()
 
 
-def _send(handler: BaseHTTPRequestHandler, status: int, payload: bytes) -> None:
+def _send(handler: BaseHTTPRequestHandler, status: int, payload: bytes,
+          headers: dict[str, str] | None = None) -> None:
     handler.send_response(status)
+    for name, value in (headers or {}).items():
+        handler.send_header(name, value)
     handler.send_header("Content-Type", "application/json")
     handler.send_header("Content-Length", str(len(payload)))
     handler.send_header("request-id", f"req_{uuid.uuid4().hex[:12]}")

@@ -58,3 +58,24 @@ def test_gunicorn_takes_its_processes_and_threads_from_the_settings(monkeypatch)
         monkeypatch.undo()
         reset_settings()
         importlib.reload(conf)
+
+
+def test_a_retry_waits_at_least_what_the_service_asked_for_within_the_cap(monkeypatch):
+    from nofx.errors import RetryableToolError
+    from nofx.worker.tasks import run_step
+
+    monkeypatch.setenv("NOFX_RETRY_BACKOFF_S", "2")
+    monkeypatch.setenv("NOFX_RETRY_BACKOFF_MAX_S", "30")
+    reset_settings()
+    try:
+        asked = RetryableToolError("429", retry_after_s=12)
+        greedy = RetryableToolError("429", retry_after_s=3600)
+        plain = RetryableToolError("500")
+        for _ in range(50):
+            assert run_step.backoff(1, asked) == 12
+            assert run_step.backoff(1, greedy) == 30  # never past NOFX_RETRY_BACKOFF_MAX_S
+            assert 1 <= run_step.backoff(1, plain) <= 2  # jitter over half to all of 2 s
+            assert 4 <= run_step.backoff(3, plain) <= 8
+    finally:
+        monkeypatch.undo()
+        reset_settings()
