@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 from nofx.config import ConfigError, Settings, get_settings
@@ -67,8 +69,27 @@ def _build_s3(settings: Settings, bucket: str, prefix: str) -> Storage:
         secret_key=settings.s3_secret_key or None,
         secure=settings.s3_secure,
         region=settings.s3_region or None,
+        http_client=s3_http_client(settings.s3_timeout_s),
     )
     return S3Storage(client, bucket, prefix)
+
+
+def s3_http_client(timeout_s: float) -> Any:
+    """minio's own HTTP client, with its timeouts bounded: by default it waits five minutes
+    to connect and five to read, five times over, so a hung store outlasted a step's time
+    limit (after Claude was paid) and held an API thread for as long. Retries stay (PUT and
+    GET are idempotent), fewer; TLS is verified as minio verifies it."""
+    import certifi
+    import urllib3
+    from urllib3.util import Retry, Timeout
+
+    return urllib3.PoolManager(
+        timeout=Timeout(connect=min(5.0, timeout_s), read=timeout_s),
+        maxsize=10,
+        cert_reqs="CERT_REQUIRED",
+        ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
+        retries=Retry(total=2, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
+    )
 
 
 def build_llm(settings: Settings) -> LLM:

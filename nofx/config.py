@@ -20,6 +20,7 @@ DEFAULT_MODEL = "claude-sonnet-4-5"
 #: Override or extend with ``NOFX_LLM_PRICES='{"model": [in, out]}'``.
 DEFAULT_PRICES: dict[str, tuple[float, float]] = {
     "claude-opus-4": (15.0, 75.0),
+    "claude-opus-4-5": (5.0, 25.0),  # Opus 4.5 costs a third of Opus 4 and 4.1
     "claude-sonnet-4": (3.0, 15.0),
     "claude-haiku-4": (1.0, 5.0),
     "claude-3-7-sonnet": (3.0, 15.0),
@@ -94,6 +95,7 @@ class Settings:
     s3_secret_key: str = ""
     s3_secure: bool = True
     s3_region: str = ""
+    s3_timeout_s: float = 30.0
     llm_provider: str = "offline"
     llm_model: str = DEFAULT_MODEL
     llm_timeout_s: float = 60.0
@@ -135,6 +137,7 @@ class Settings:
             s3_secret_key=env.get("NOFX_S3_SECRET_KEY", ""),
             s3_secure=_bool(env, "NOFX_S3_SECURE", True),
             s3_region=env.get("NOFX_S3_REGION", ""),
+            s3_timeout_s=_float(env, "NOFX_S3_TIMEOUT_S", 30.0),
             llm_provider=_llm_provider(env),
             llm_model=env.get("NOFX_LLM_MODEL") or DEFAULT_MODEL,
             llm_timeout_s=_float(env, "NOFX_LLM_TIMEOUT_S", 60.0),

@@ -123,6 +123,7 @@ class DevServer:
         from nofx import adapters
         from nofx.cli import watch
         from nofx.client import Client
+        from nofx.storage.base import artifact_key
         from nofx.storage.filesystem import FileStorage
 
         client = Client()
@@ -130,9 +131,12 @@ class DevServer:
         click.echo(f"submitted {plan_path} as run {run['id']}")
         code = watch(client, run["id"], timeout=300)
         store = adapters.storage()
-        for artifact in client.run(run["id"])["artifacts"]:
+        finished = client.run(run["id"])
+        attempts = {step["id"]: step["attempt"] for step in finished["steps"]}
+        for artifact in finished["artifacts"]:
             if isinstance(store, FileStorage):
-                key = f"runs/{run['id']}/steps/{artifact['step_id']}/{artifact['name']}"
+                key = artifact_key(run["id"], artifact["step_id"],
+                                   attempts[artifact["step_id"]], artifact["name"])
                 click.echo(f"  file: {store.path_of(key)}")
         return code
 

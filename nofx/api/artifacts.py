@@ -26,6 +26,10 @@ class ArtifactContent(MethodView):
         response = Response(data, mimetype=artifact["content_type"])
         response.headers.set("Content-Disposition", "inline",
                              **filename_params(artifact["name"]))
+        # An artifact is whatever a model wrote (an .html, an .svg): a browser shows it as
+        # its type says, never sniffs another, and runs no script of it on this origin.
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Content-Security-Policy"] = "sandbox"
         response.headers["ETag"] = f'"{artifact["sha256"]}"'
         return response
 

@@ -134,7 +134,7 @@ def record_usage(step: status.ClaimedStep, completion: Completion) -> None:
 
 def store_artifact(step: status.ClaimedStep, artifact: Artifact) -> status.NewArtifact:
     """Put the bytes in the artifact store; the row is written with the step's success."""
-    key = artifact_key(step.run_id, step.id, artifact.name)
+    key = artifact_key(step.run_id, step.id, step.attempt, artifact.name)
     stored = adapters.storage().put(key, artifact.data, artifact.content_type)
     return status.NewArtifact(
         name=artifact.name, content_type=artifact.content_type, size=stored.size,

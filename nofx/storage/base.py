@@ -27,9 +27,14 @@ class Storage(Protocol):
         """Raise if the store does not answer."""
 
 
-def artifact_key(run_id: str, step_id: str, name: str) -> str:
-    """Where a step's artifact lives: ``runs/{run}/steps/{step}/{name}``."""
-    return f"runs/{run_id}/steps/{step_id}/{name}"
+def artifact_key(run_id: str, step_id: str, attempt: int, name: str) -> str:
+    """Where an attempt's artifact lives: ``runs/{run}/steps/{step}/{attempt}/{name}``.
+
+    Per attempt: an attempt that lost its step (reaped while it still ran) stores its bytes
+    before it learns so, and must not overwrite those of the attempt that won, whose size
+    and checksum are recorded.
+    """
+    return f"runs/{run_id}/steps/{step_id}/{attempt}/{name}"
 
 
 def describe(key: str, data: bytes) -> StoredObject:

@@ -47,6 +47,8 @@ class CodegenTool(Tool):
                 "model": completion.model,
                 "chars": len(completion.text),
                 "stop_reason": completion.stop_reason,
+                # The model ran out of max_tokens mid-file: the artifact is cut short.
+                "truncated": completion.stop_reason == "max_tokens",
                 "preview": completion.text[:200],
             },
             artifacts=[artifact],

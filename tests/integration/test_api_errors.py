@@ -145,3 +145,6 @@ def test_an_artifact_named_anything_by_a_plugin_tool_downloads(client, services,
     assert "\n" not in disposition and disposition.encode("latin-1")
     if name == "plain.md":
         assert disposition == 'inline; filename=plain.md'
+    # and a browser runs nothing a model wrote on the API's origin
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["Content-Security-Policy"] == "sandbox"

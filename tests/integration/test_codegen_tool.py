@@ -99,3 +99,13 @@ def test_a_long_answer_gets_the_time_its_length_needs_not_the_short_default(fake
     # and a short answer keeps the configured timeout
     assert AnthropicLLM(timeout_s=60).timeout_for(256) == 60
     assert AnthropicLLM(timeout_s=60).timeout_for(8192) == pytest.approx(230.4)
+
+
+def test_an_answer_cut_short_by_max_tokens_says_so(fake_llm):
+    marker = token()
+    fake_llm.script(marker, [Reply(text="# Half a fi", stop_reason="max_tokens"),
+                             Reply(text="# Whole\n")])
+    cut = run_codegen({"prompt": marker}, [])
+    whole = run_codegen({"prompt": marker}, [])
+    assert (cut.outputs["truncated"], cut.outputs["stop_reason"]) == (True, "max_tokens")
+    assert (whole.outputs["truncated"], whole.outputs["stop_reason"]) == (False, "end_turn")

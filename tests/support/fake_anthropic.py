@@ -27,6 +27,7 @@ class Reply:
     raw: bytes | None = None  # sent as-is (malformed answers)
     delay_s: float = 0.0
     headers: dict[str, str] = field(default_factory=dict)  # e.g. retry-after on a 429
+    stop_reason: str = "end_turn"
 
     @classmethod
     def ok(cls, text: str, input_tokens: int = 11, output_tokens: int = 22) -> "Reply":
@@ -123,7 +124,7 @@ class FakeAnthropic:
             "id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant",
             "model": body.get("model", "claude-sonnet-4-5"),
             "content": [{"type": "text", "text": reply.text}],
-            "stop_reason": "end_turn", "stop_sequence": None,
+            "stop_reason": reply.stop_reason, "stop_sequence": None,
             "usage": {"input_tokens": reply.input_tokens, "output_tokens": reply.output_tokens},
         }
         _send(handler, 200, json.dumps(message).encode())

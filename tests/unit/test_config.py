@@ -79,3 +79,17 @@ def test_a_retry_waits_at_least_what_the_service_asked_for_within_the_cap(monkey
     finally:
         monkeypatch.undo()
         reset_settings()
+
+
+@pytest.mark.parametrize(("model", "dollars"), [
+    ("claude-opus-4-5-20251101", 5.0 + 25.0),
+    ("claude-opus-4-1-20250805", 15.0 + 75.0),
+    ("claude-sonnet-4-5", 3.0 + 15.0),
+    ("claude-haiku-4-5", 1.0 + 5.0),
+    ("gpt-4o", None),
+])
+def test_a_call_is_priced_by_its_models_longest_known_prefix(model, dollars):
+    from nofx.config import DEFAULT_PRICES
+    from nofx.llm.base import cost_usd
+
+    assert cost_usd(DEFAULT_PRICES, model, 1_000_000, 1_000_000) == dollars
