@@ -64,13 +64,18 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    """Drop what the session's queues left in Redis (every test queue is named after
-    ``NOFX_QUEUE``): kombu's binding sets, leftover messages, and the unacknowledged
-    deliveries of workers the tests killed, which kombu would otherwise put back into those
-    queues a day later. A test run should not leave keys behind on a shared broker."""
+    """Kill any process a test left running, then drop what the session's queues left in
+    Redis (every test queue is named after ``NOFX_QUEUE``): kombu's binding sets, leftover
+    messages, and the unacknowledged deliveries of workers the tests killed, which kombu
+    would otherwise put back into those queues a day later. A test run should not leave
+    processes or keys behind on a shared machine."""
     import json
 
     import redis
+
+    from tests.support.procs import kill_leftovers
+
+    kill_leftovers()
 
     prefix = f"nofx-test-{SESSION}"
     try:

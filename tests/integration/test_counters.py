@@ -10,22 +10,13 @@ from nofx.db.engine import transaction
 from nofx.db.migrate import upgrade
 from nofx.db.models import runs, steps
 from tests.support.procs import wait_until
-from tests.support.runs import plan, step, submit, wait_finished
+from tests.support.runs import plan, quiet, step, submit, wait_finished
 
 
 def totals() -> dict[tuple[str, str], int]:
     with transaction() as conn:
         return {(name, labels): n for name in ("runs", "steps")
                 for labels, n in counters.totals(conn, name).items()}
-
-
-def quiet() -> bool:
-    """No run an earlier test sent to the workers is still moving (the counters are global;
-    runs written directly by other tests are never sent, and never move)."""
-    with transaction() as conn:
-        return not conn.execute(text(
-            "SELECT count(*) FROM runs WHERE status IN ('queued', 'running') "
-            "AND dispatched_at IS NOT NULL")).scalar()
 
 
 def test_every_transition_of_a_run_adds_to_its_status_counters_once(client, worker):

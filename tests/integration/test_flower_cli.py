@@ -12,7 +12,7 @@ import httpx
 from tests.conftest import SESSION
 from tests.support.ops import celery_cli, start_flower
 from tests.support.procs import wait_until
-from tests.support.runs import get_run, plan, step, submit, wait_finished
+from tests.support.runs import get_run, plan, step, submit
 
 WORKER_NAME = f"worker-{SESSION}@"
 
@@ -76,8 +76,8 @@ def test_celery_inspect_registered_lists_the_nofx_tasks(worker, stack_env):
 
 def test_celery_inspect_active_shows_a_running_step_with_its_run_step_and_tool(
         client, worker, stack_env):
-    # given a step that runs for a few seconds
-    run = submit(client, plan(step("nap", "sleep", seconds=4)))
+    # given a step that runs long enough for the CLI to start, however slow the host
+    run = submit(client, plan(step("nap", "sleep", seconds=60)))
     wait_until(lambda: get_run(client, run["id"])["steps"][0]["status"] == "running",
                timeout=20, what="the step to start")
 
@@ -88,7 +88,10 @@ def test_celery_inspect_active_shows_a_running_step_with_its_run_step_and_tool(
     assert task["args"] == [run["id"], run["steps"][0]["id"]]
     assert task["kwargs"] == {"tool": "sleep", "step": "nap", "index": 0}
     # (and the step ends before the next test: the session's worker is shared)
-    wait_finished(client, run["id"])
+    assert client.post(f"/runs/{run['id']}/cancel").status_code == 200
+    wait_until(lambda: "this attempt no longer holds it" in "\n".join(
+        line for line in worker.log().splitlines() if task["id"] in line),
+        timeout=20, what="the cancelled step to stop")
 
 
 def test_the_reaper_runs_by_hand_with_celery_call(worker, stack_env):

@@ -10,7 +10,8 @@ from nofx.services import reaper
 from tests.conftest import PORTS, SESSION
 from tests.support.fake_anthropic import Reply
 from tests.support.ops import Scrape, plant_stuck_step, reaper_paused
-from tests.support.runs import plan, step, submit, token, wait_finished
+from tests.support.procs import wait_until
+from tests.support.runs import plan, quiet, step, submit, token, wait_finished
 
 WORKER_METRICS = f"http://127.0.0.1:{PORTS['metrics']}/metrics"
 
@@ -23,7 +24,9 @@ def scrape_api(client) -> Scrape:
 
 
 def test_a_finished_run_moves_the_fleet_counters_by_exactly_itself(client, worker, fake_llm):
-    # given the figures before, and a two-step plan
+    # given the figures before (once earlier tests' runs have stopped moving them), and a
+    # two-step plan
+    wait_until(quiet, timeout=60, what="earlier tests' runs to finish")
     before = scrape_api(client)
     body = plan(step("write", "codegen", prompt=f"write {token()}"), step("say", "echo", n=1))
 
@@ -125,5 +128,6 @@ def test_a_step_made_stuck_shows_in_the_stuck_and_oldest_running_age_gauges(clie
     healed = scrape_api(client)
     assert healed.value("nofx_steps_running", tool=tool) == 0
     assert healed.value("nofx_step_running_oldest_age_seconds", tool=tool) == 0
-    assert healed.value("nofx_steps_reaped_total", reason="heartbeat_lost", action="failed") >= 1
+    assert healed.moved_since(before, "nofx_steps_reaped_total", reason="heartbeat_lost",
+                              action="failed") >= 1
     assert healed.value("nofx_reaper_last_run_timestamp_seconds") > 0

@@ -16,7 +16,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text, update
 
-from tests.support.procs import ROOT, Proc, free_port, wait_http, wait_until
+from tests.support.procs import ROOT, Proc, free_port, stopped_unless_ready, wait_http, wait_until
 
 
 class Scrape:
@@ -136,7 +136,8 @@ def start_flower(name: str, env: dict[str, str], log_dir: Path, user: str,
             "--address=127.0.0.1", f"--basic_auth={user}:{password}"]
     proc = Proc(name, argv, without_metrics_dir(env), log_dir)
     url = f"http://127.0.0.1:{port}"
-    wait_http(proc, f"{url}/healthcheck", what="flower")
+    with stopped_unless_ready(proc):
+        wait_http(proc, f"{url}/healthcheck", what="flower")
     return proc, url
 
 
@@ -152,5 +153,6 @@ def start_prometheus(name: str, workdir: Path, config: dict[str, Any], rules: di
             f"--storage.tsdb.path={workdir / 'data'}", f"--web.listen-address=127.0.0.1:{port}"]
     proc = Proc(name, argv, dict(os.environ), log_dir)
     url = f"http://127.0.0.1:{port}"
-    wait_http(proc, f"{url}/-/ready", what="prometheus")
+    with stopped_unless_ready(proc):
+        wait_http(proc, f"{url}/-/ready", what="prometheus")
     return proc, url

@@ -9,7 +9,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import httpx
 
@@ -40,6 +41,11 @@ def wait_until(check: Callable[[], object], timeout: float = 30.0, interval: flo
                          + (f" (last error: {last_error!r})" if last_error else ""))
 
 
+#: Every Proc started and not yet stopped: the session kills what is left (a process in its
+#: own session outlives pytest, and a leftover beat would reap the shared database).
+LIVE: list["Proc"] = []
+
+
 class Proc:
     """A child process in its own process group, with its output in a log file."""
 
@@ -49,6 +55,7 @@ class Proc:
         self._log = open(self.log_path, "ab")
         self.popen = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=self._log,
                                       stderr=subprocess.STDOUT, start_new_session=True)
+        LIVE.append(self)
 
     @property
     def pid(self) -> int:
@@ -75,6 +82,29 @@ class Proc:
                 self.kill(signal.SIGKILL)
                 self.popen.wait()
         self._log.close()
+        if self in LIVE:
+            LIVE.remove(self)
+
+
+def kill_leftovers() -> None:
+    """SIGKILL every Proc still running, and its group (the end of a session)."""
+    for proc in list(LIVE):
+        try:
+            os.killpg(proc.popen.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        proc.popen.wait()
+        LIVE.remove(proc)
+
+
+@contextmanager
+def stopped_unless_ready(proc: Proc) -> Iterator[Proc]:
+    """Stop ``proc`` if waiting for it to be ready fails, rather than leave it running."""
+    try:
+        yield proc
+    except BaseException:
+        proc.stop(timeout=5)
+        raise
 
 
 def start_worker(name: str, env: dict[str, str], log_dir: Path, concurrency: int = 2,
@@ -86,7 +116,8 @@ def start_worker(name: str, env: dict[str, str], log_dir: Path, concurrency: int
     if beat:
         argv += ["-B", "-s", str(log_dir / f"{name}-beat-schedule")]
     proc = Proc(name, argv, env, log_dir)
-    wait_until(lambda: _ready(proc), timeout=60, what=f"worker {name} to be ready")
+    with stopped_unless_ready(proc):
+        wait_until(lambda: _ready(proc), timeout=60, what=f"worker {name} to be ready")
     return proc
 
 
@@ -101,8 +132,9 @@ def start_beat(name: str, env: dict[str, str], log_dir: Path) -> Proc:
     argv = [sys.executable, "-m", "celery", "-A", "nofx.worker", "beat", "-l", "INFO",
             "-s", str(log_dir / f"{name}-schedule")]
     proc = Proc(name, argv, env, log_dir)
-    wait_until(lambda: proc.alive() and "beat: Starting" in proc.log(), timeout=30,
-               what=f"beat {name}")
+    with stopped_unless_ready(proc):
+        wait_until(lambda: proc.alive() and "beat: Starting" in proc.log(), timeout=30,
+                   what=f"beat {name}")
     return proc
 
 
@@ -115,7 +147,8 @@ def start_api(name: str, env: dict[str, str], log_dir: Path, workers: int = 2) -
             "nofx.api:create_app()"]
     proc = Proc(name, argv, env, log_dir)
     url = f"http://127.0.0.1:{port}"
-    wait_http(proc, f"{url}/health", what=f"api {name}")
+    with stopped_unless_ready(proc):
+        wait_http(proc, f"{url}/health", what=f"api {name}")
     return proc, url
 
 

@@ -58,3 +58,16 @@ def events(client: Any, run_id: str) -> list[dict[str, Any]]:
 
 def event_types(client: Any, run_id: str) -> list[str]:
     return [e["type"] for e in events(client, run_id)]
+
+
+def quiet() -> bool:
+    """No run an earlier test sent to the workers is still moving (the status counters are
+    global; runs written directly by other tests are never sent, and never move)."""
+    from sqlalchemy import text
+
+    from nofx.db.engine import transaction
+
+    with transaction() as conn:
+        return not conn.execute(text(
+            "SELECT count(*) FROM runs WHERE status IN ('queued', 'running') "
+            "AND dispatched_at IS NOT NULL")).scalar()
