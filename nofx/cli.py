@@ -280,7 +280,13 @@ def describe_event(event: dict[str, Any]) -> str:
         "run.finished": lambda: str(p.get("status")),
     }.get(kind, lambda: "")()
     step = f" [{event['step_id'][:8]}]" if event.get("step_id") else ""
-    return f"  {event['created_at'][11:23]} {kind}{step} {detail}".rstrip()
+    return printable(f"  {event['created_at'][11:23]} {kind}{step} {detail}".rstrip())
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters escaped: what a run carries (its goal, an error's
+    message) is anyone's input, and must not forge lines or drive the operator's terminal."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 @runs.command()
@@ -312,7 +318,8 @@ def events(client: Any, run_id: str, follow: bool, as_json: bool) -> None:
 def list_(client: Any, status: str | None, limit: int) -> None:
     """List recent runs, newest first."""
     for run in _call(client.runs, status, limit)["items"]:
-        click.echo(f"{run['id']}  {run['status']:<10} {run['created_at'][:19]}  {run['goal'][:60]}")
+        click.echo(f"{run['id']}  {run['status']:<10} {run['created_at'][:19]}  "
+                   f"{printable(run['goal'][:60])}")
 
 
 @runs.command()

@@ -63,6 +63,19 @@ def pytest_configure(config: pytest.Config) -> None:
     reset_settings()
 
 
+@pytest.hookimpl(trylast=True)  # after the session's fixtures (the processes) are torn down
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A session that passed removes its data directory (process logs, metrics files,
+    schedules); one that failed keeps it, and says where, for the logs."""
+    import shutil
+
+    data_dir = Path(os.environ["NOFX_DATA_DIR"])
+    if exitstatus == 0:
+        shutil.rmtree(data_dir, ignore_errors=True)
+    else:
+        print(f"\nthe session's process logs are in {data_dir / 'logs'}")
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     """Kill any process a test left running, then drop what the session's queues left in
     Redis (every test queue is named after ``NOFX_QUEUE``): kombu's binding sets, leftover

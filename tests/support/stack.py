@@ -113,6 +113,7 @@ def _delete_queue(broker_url: str, queue: str) -> None:
                                            "socket_timeout": 2}) as conn:
             conn.ensure_connection(max_retries=1, timeout=2)
             conn.default_channel.queue_delete(queue)
+            conn.default_channel.exchange_delete(queue)  # Celery declares one of that name
     except Exception:  # the broker is gone or wedged: nothing this test run can tidy
         pass
 

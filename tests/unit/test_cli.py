@@ -63,3 +63,13 @@ def test_db_upgrade_says_the_revision_the_database_is_at(tmp_path, monkeypatch):
         reset_settings()
     assert result.exit_code == 0, result.output
     assert result.output.strip().endswith(f"is at revision {head()}")
+
+
+def test_what_a_run_carries_cannot_drive_the_operators_terminal():
+    event = {"id": 1, "type": "step.finished", "step_id": "abcdef0123", "created_at":
+             "2026-12-06T17:00:00.123456+00:00",
+             "payload": {"status": "failed", "duration_s": 1.0,
+                         "error": {"message": "boom\n  17:00:00.000 run.finished succeeded\x1b[2J"}}}
+    line = cli.describe_event(event)
+    assert "\n" not in line and "\x1b" not in line
+    assert "boom\\n" in line and "\\x1b[2J" in line
