@@ -196,6 +196,9 @@ def test_prometheus_scrapes_services_that_compose_runs() -> None:
     config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     hosts = {target.split(":")[0] for job in config["scrape_configs"]
              for static in job.get("static_configs", []) for target in static["targets"]}
+    hosts |= {name for job in config["scrape_configs"]
+              for dns in job.get("dns_sd_configs", []) for name in dns["names"]}
+    assert "worker" in hosts
     assert hosts - {"localhost"} <= set(services())
 
 

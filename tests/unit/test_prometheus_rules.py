@@ -120,8 +120,9 @@ def test_prometheus_config_scrapes_the_api_the_workers_and_flower_and_loads_the_
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     assert {"nofx-api", "nofx-worker", "flower"} <= set(jobs)
     assert jobs["nofx-api"].get("metrics_path", "/metrics") == "/metrics"
-    assert all(t.endswith(":9546") for sc in jobs["nofx-worker"]["static_configs"]
-               for t in sc["targets"])
+    # every replica of compose's worker service, each its own target
+    assert jobs["nofx-worker"]["dns_sd_configs"] == [
+        {"names": ["worker"], "type": "A", "port": 9546}]
     assert config["rule_files"] == ["alerts.yml"]
 
 
