@@ -25,7 +25,8 @@ def test_a_worker_killed_mid_step_is_recovered_and_the_step_runs_once_more(
     stack.start_beat()
     victim = stack.start_worker("victim")
     marker = token()
-    fake_llm.script(marker, [Reply(text="slow", delay_s=30), Reply.ok("# Recovered\n")])
+    # (the slow answer never comes in time, however long the rescuer takes to start)
+    fake_llm.script(marker, [Reply(text="slow", delay_s=600), Reply.ok("# Recovered\n")])
     run = stack.submit(plan(step("write", "codegen", prompt=f"write {marker}")))
     wait_until(lambda: stack.run(run["id"])["steps"][0]["status"] == "running", timeout=30,
                what="the step to start")
