@@ -20,33 +20,41 @@ class S3Storage:
         self.client = client
         self.bucket = bucket
         self.prefix = prefix.strip("/")
-        self._bucket_ready = False
         self._lock = threading.Lock()
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
 
-    def _ensure_bucket(self) -> None:
+    def _make_bucket(self) -> None:
         with self._lock:
-            if not self._bucket_ready:
-                if not self.client.bucket_exists(self.bucket):
-                    try:
-                        self.client.make_bucket(self.bucket)
-                    except S3Error as exc:
-                        if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
-                            raise
-                self._bucket_ready = True
+            try:
+                self.client.make_bucket(self.bucket)
+            except S3Error as exc:
+                if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                    raise
 
     def put(self, key: str, data: bytes, content_type: str) -> StoredObject:
-        """Upload ``data`` under ``key``."""
+        """Upload ``data`` under ``key``; the bucket is made the first time it is missing.
+
+        No ``bucket_exists`` first: a least-privilege policy (objects only, the usual one
+        in production) refuses HeadBucket, and every put would fail on it.
+        """
         try:
-            self._ensure_bucket()
-            self.client.put_object(
-                self.bucket, self._key(key), io.BytesIO(data), len(data), content_type=content_type
-            )
+            try:
+                self._put(key, data, content_type)
+            except S3Error as exc:
+                if exc.code != "NoSuchBucket":
+                    raise
+                self._make_bucket()
+                self._put(key, data, content_type)
         except (MinioException, HTTPError, OSError) as exc:
             raise StorageError(f"could not store artifact {key} in s3://{self.bucket}: {exc}") from exc
         return describe(key, data)
+
+    def _put(self, key: str, data: bytes, content_type: str) -> None:
+        self.client.put_object(
+            self.bucket, self._key(key), io.BytesIO(data), len(data), content_type=content_type
+        )
 
     def get(self, key: str) -> bytes:
         """Download the bytes under ``key``."""
@@ -66,5 +74,10 @@ class S3Storage:
                 response.release_conn()
 
     def check(self) -> None:
-        """Raise unless the endpoint answers (the bucket may not exist yet)."""
-        self.client.bucket_exists(self.bucket)
+        """Raise unless the endpoint answers (the bucket may not exist yet). A refusal is
+        an answer: a least-privilege policy allows objects, not HeadBucket."""
+        try:
+            self.client.bucket_exists(self.bucket)
+        except S3Error as exc:
+            if exc.code not in ("AccessDenied", "Forbidden"):
+                raise

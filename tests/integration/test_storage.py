@@ -65,3 +65,35 @@ def test_a_store_that_never_answers_fails_the_put_in_seconds_not_minutes(service
         store.put("runs/r/steps/s/1/README.md", b"x", "text/markdown")
     # three tries of 0.5 s and a little backoff, not minio's five times five minutes
     assert time.monotonic() - started < 20
+
+
+def _refusing_head_bucket(store):
+    """The store's client as a least-privilege policy (objects only) leaves it: HeadBucket
+    is refused, object reads and writes are allowed."""
+    from minio.error import S3Error
+
+    def refused(*_args, **_kwargs):
+        raise S3Error(None, "AccessDenied", "Access Denied", f"/{store.bucket}", "req", "host",
+                      bucket_name=store.bucket)
+
+    store.client.bucket_exists = refused
+    return store
+
+
+def test_a_store_that_refuses_bucket_checks_still_takes_artifacts_and_counts_as_up(services):
+    # given the configured bucket (made by an earlier put), reached with objects-only rights
+    store = adapters.build_storage(get_settings())
+    store.put("tests/warm-up", b"x", "text/plain")
+    _refusing_head_bucket(store)
+
+    # then artifacts are stored and read back, and the health check sees an answering store
+    stored = store.put(artifact_key("r", "s", 1, "least.md"), b"privilege", "text/markdown")
+    assert store.get(stored.key) == b"privilege"
+    store.check()
+
+
+def test_a_bucket_that_does_not_exist_yet_is_made_by_the_first_put(services):
+    settings = replace(get_settings(), storage_url=f"s3://nofx-fresh-{time.time_ns()}")
+    store = adapters.build_storage(settings)
+    stored = store.put(artifact_key("r", "s", 1, "first.md"), b"made", "text/markdown")
+    assert store.get(stored.key) == b"made"
