@@ -1,4 +1,5 @@
-"""Bearer tokens (``NOFX_API_TOKEN``): every endpoint but the two public ones needs one.
+"""Bearer tokens (``NOFX_API_TOKEN``): every endpoint but the public ones (``/health``,
+``/health/ready``, ``/metrics``) needs one.
 
 With no token the API is open, so it serves loopback clients only (unless
 ``NOFX_API_ALLOW_OPEN``). ``nofx api`` and NOFX's gunicorn config refuse to bind beyond
@@ -19,7 +20,8 @@ from flask_smorest import Api
 from nofx.api.errors import error_response
 from nofx.config import get_settings
 
-PUBLIC = {("GET", "/health"), ("HEAD", "/health"), ("GET", "/metrics"), ("HEAD", "/metrics")}
+PUBLIC = {("GET", "/health"), ("HEAD", "/health"), ("GET", "/health/ready"),
+          ("HEAD", "/health/ready"), ("GET", "/metrics"), ("HEAD", "/metrics")}
 UNAUTHORIZED = "BearerTokenRequired"
 _MESSAGE = "a valid bearer token is required (Authorization: Bearer <token>)"
 _LOOPBACK_ONLY = ("this API has no NOFX_API_TOKEN, so it serves loopback clients only: "

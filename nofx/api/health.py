@@ -1,4 +1,5 @@
-"""``/health`` (is this process serving?) and ``/health/detailed`` (is everything else?)."""
+"""``/health`` (is this process serving?), ``/health/ready`` (can it serve requests: does its
+database answer?) and ``/health/detailed`` (is everything else up?)."""
 
 from __future__ import annotations
 
@@ -31,3 +32,17 @@ class DetailedHealth(MethodView):
         checks = health.detailed()
         ok = all(check["ok"] for check in checks.values())
         return {"status": "ok" if ok else "degraded", "checks": checks}, (200 if ok else 503)
+
+
+@blp.route("/ready")
+class Ready(MethodView):
+    @blp.doc(security=[])
+    @blp.response(200, schemas.HealthSchema)
+    @blp.alt_response(503, schema=schemas.HealthSchema, description="the database does not answer")
+    def get(self) -> Any:
+        """``ok`` while the database answers with the schema this code needs: a readiness
+        probe's question. Workers, beat, the broker and storage are not asked: without them
+        runs are still stored, read and queued, and their outages have alerts of their own.
+        No token needed (probes send none), and no detail given (``/health/detailed`` has it)."""
+        ok = health.ready()
+        return {"status": "ok" if ok else "unavailable"}, (200 if ok else 503)

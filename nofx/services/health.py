@@ -100,6 +100,11 @@ def targets() -> dict[str, str]:
     }
 
 
+def ready(timeout_s: float = CHECK_TIMEOUT_S) -> bool:
+    """Whether the database answers with the schema this code needs, within ``timeout_s``."""
+    return bool(_start("database", check_database).wait(timeout_s)["ok"])
+
+
 def detailed(timeout_s: float = CHECK_TIMEOUT_S) -> dict[str, dict[str, Any]]:
     """Run every check at once: ``{name: {"ok", "latency_ms", "error"?, "target"?, ...}}``."""
     running = {name: _start(name, check) for name, check in CHECKS.items()}

@@ -20,7 +20,7 @@ from tests.support.api import app_with_tokens, bearer, new_token, settings_env
 from tests.support.procs import ROOT, free_port
 from tests.support.runs import plan, step
 
-PUBLIC = {("get", "/health"), ("get", "/metrics")}
+PUBLIC = {("get", "/health"), ("get", "/health/ready"), ("get", "/metrics")}
 METHODS = {"get", "post", "put", "patch", "delete"}
 
 

@@ -177,3 +177,35 @@ def test_the_schema_revision_of_a_lost_connection_is_an_error_not_an_unmigrated_
     finally:
         engine.dispose()
         never.dispose()
+
+
+# -- readiness: can this API process serve? (the database, and nothing else) ---------------
+
+
+def test_ready_is_200_while_the_database_answers_whatever_else_is_down(services, monkeypatch):
+    from nofx.api import create_app
+    from nofx.services import health
+
+    # given a database that answers, and every other dependency down
+    def down() -> dict:
+        raise ConnectionError("down on purpose")
+
+    for name in set(health.CHECKS) - {"database"}:
+        monkeypatch.setitem(health.CHECKS, name, down)
+    with settings_env(NOFX_API_TOKEN="secret-token"):
+        client = create_app({"TESTING": True}).test_client()
+        # then readiness holds, asks no token (a kubelet probe sends none), and says no more
+        response = client.get("/health/ready", environ_base={"REMOTE_ADDR": "10.1.2.3"})
+        assert response.status_code == 200, response.get_json()
+        assert response.get_json() == {"status": "ok"}
+        assert client.get("/health/detailed", headers={"Authorization": "Bearer secret-token"}
+                          ).status_code == 503
+
+
+def test_ready_is_503_when_the_database_does_not_answer(services):
+    from nofx.api import create_app
+
+    with settings_env(NOFX_DATABASE_URL="postgresql+psycopg://postgres@127.0.0.1:1/none"):
+        response = create_app({"TESTING": True}).test_client().get("/health/ready")
+    assert response.status_code == 503
+    assert response.get_json() == {"status": "unavailable"}  # no address, no error text

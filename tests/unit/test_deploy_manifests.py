@@ -358,13 +358,12 @@ def test_selectors_match_the_pods_they_are_meant_for() -> None:
             assert matched == [name], f"{kind} {name} selects {matched}"
 
 
-def test_the_api_runs_two_replicas_live_on_health_and_ready_on_health_detailed() -> None:
+def test_the_api_runs_two_replicas_live_on_health_and_ready_on_health_ready() -> None:
     api = objects("Deployment")["nofx-api"]
     (container,) = api["spec"]["template"]["spec"]["containers"]
     assert api["spec"]["replicas"] == 2
     assert container["livenessProbe"]["httpGet"]["path"] == "/health"
-    readiness = " ".join(container["readinessProbe"]["exec"]["command"])
-    assert "/health/detailed" in readiness and "NOFX_API_TOKEN" in readiness
+    assert container["readinessProbe"]["httpGet"]["path"] == "/health/ready"
     assert objects("Service")["nofx-api"]["spec"]["ports"][0]["targetPort"] == "http"
 
 
