@@ -62,12 +62,16 @@ def _build_s3(settings: Settings, bucket: str, prefix: str) -> Storage:
     if not bucket:
         raise ConfigError("NOFX_STORAGE_URL s3:// needs a bucket: s3://bucket[/prefix]")
     endpoint = settings.s3_endpoint or "s3.amazonaws.com"
-    endpoint = endpoint.split("://", 1)[-1].rstrip("/")
+    scheme, _, rest = endpoint.rpartition("://")
+    # An endpoint written with its scheme says which protocol to speak: "http://minio:9000"
+    # with NOFX_S3_SECURE left at its default (true) used to speak TLS to plain HTTP.
+    secure = {"http": False, "https": True}.get(scheme.lower(), settings.s3_secure)
+    endpoint = rest.rstrip("/")
     client = Minio(
         endpoint,
         access_key=settings.s3_access_key or None,
         secret_key=settings.s3_secret_key or None,
-        secure=settings.s3_secure,
+        secure=secure,
         region=settings.s3_region or None,
         http_client=s3_http_client(settings.s3_timeout_s),
     )

@@ -97,3 +97,18 @@ def test_a_bucket_that_does_not_exist_yet_is_made_by_the_first_put(services):
     store = adapters.build_storage(settings)
     stored = store.put(artifact_key("r", "s", 1, "first.md"), b"made", "text/markdown")
     assert store.get(stored.key) == b"made"
+
+
+@pytest.mark.parametrize(("endpoint", "secure", "https"), [
+    ("http://{host}", True, False),     # the scheme says plain HTTP, whatever SECURE says
+    ("https://{host}", False, True),
+    ("{host}", False, False),           # no scheme: NOFX_S3_SECURE decides
+], ids=["http scheme", "https scheme", "no scheme"])
+def test_an_endpoints_scheme_says_which_protocol_to_speak(services, endpoint, secure, https):
+    host = get_settings().s3_endpoint.split("://")[-1]
+    settings = replace(get_settings(), s3_endpoint=endpoint.format(host=host), s3_secure=secure)
+    store = adapters.build_storage(settings)
+    assert store.client._base_url.is_https is https
+    if not https:  # moto speaks plain HTTP: the store works
+        stored = store.put(artifact_key("r", "s", 1, "scheme.md"), b"http", "text/markdown")
+        assert store.get(stored.key) == b"http"
