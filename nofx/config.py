@@ -12,7 +12,9 @@ import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping, TypeVar
+
+N = TypeVar("N", int, float)
 
 DEFAULT_MODEL = "claude-sonnet-4-5"
 
@@ -36,26 +38,24 @@ class ConfigError(ValueError):
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        value = float(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
-    if value < 0:
-        raise ConfigError(f"{name} must not be negative, got {raw!r}")
-    return value
+    return _number(env, name, default, float, "a number")
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    return _number(env, name, default, int, "a whole number", minimum)
+
+
+def _number(env: Mapping[str, str], name: str, default: N, parse: Callable[[str], N],
+            kind: str, minimum: int = 0) -> N:
+    """``name``'s value read by ``parse``; ``default`` when unset or empty; else a
+    :class:`ConfigError` naming the variable."""
     raw = env.get(name)
-    if raw in (None, ""):
+    if raw is None or raw == "":
         return default
     try:
-        value = int(raw)
+        value = parse(raw)
     except ValueError as exc:
-        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from exc
+        raise ConfigError(f"{name} must be {kind}, got {raw!r}") from exc
     if value < minimum:
         least = "must not be negative" if minimum == 0 else f"must be at least {minimum}"
         raise ConfigError(f"{name} {least}, got {raw!r}")

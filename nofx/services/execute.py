@@ -46,11 +46,21 @@ def step_status(step_id: str) -> StepStatus | None:
 
 def still_holds(step: status.ClaimedStep) -> bool:
     """Whether this attempt still holds its step (not cancelled, reaped or finished)."""
+    return _attempt_left_it(step, StepStatus.RUNNING)
+
+
+def succeeded_by(step: status.ClaimedStep) -> bool:
+    """Whether this very attempt is the one that ended the step ``succeeded``."""
+    return _attempt_left_it(step, StepStatus.SUCCEEDED)
+
+
+def _attempt_left_it(step: status.ClaimedStep, wanted: StepStatus) -> bool:
+    """Whether the step is ``wanted`` as of this attempt (and no later one)."""
     with transaction() as conn:
         row = conn.execute(
             select(steps.c.status, steps.c.attempt).where(steps.c.id == step.id)
         ).first()
-    return row is not None and (row.status, row.attempt) == (StepStatus.RUNNING, step.attempt)
+    return row is not None and (row.status, row.attempt) == (wanted, step.attempt)
 
 
 def run_claimed(step: status.ClaimedStep) -> dict[str, Any]:
@@ -94,15 +104,6 @@ def record_success(step: status.ClaimedStep, outputs: dict[str, Any],
         if status.succeed_step(conn, step.run_id, step.id, step.attempt, outputs, stored):
             return True
     return succeeded_by(step)
-
-
-def succeeded_by(step: status.ClaimedStep) -> bool:
-    """Whether this very attempt is the one that ended the step ``succeeded``."""
-    with transaction() as conn:
-        row = conn.execute(
-            select(steps.c.status, steps.c.attempt).where(steps.c.id == step.id)
-        ).first()
-    return row is not None and (row.status, row.attempt) == (StepStatus.SUCCEEDED, step.attempt)
 
 
 def record_usage(step: status.ClaimedStep, completion: Completion) -> None:

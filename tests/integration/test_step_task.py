@@ -21,13 +21,15 @@ from tests.support.fake_anthropic import Reply
 from tests.support.runs import token
 
 
-def new_run(*tools: str, inputs: dict[str, Any] | None = None) -> tuple[str, list[str]]:
+def new_run(*tools: str, inputs: dict[str, Any] | None = None,
+            timeout_s: float = 30.0) -> tuple[str, list[str]]:
     """A run written straight to the database (not sent to any worker)."""
     run_id, step_ids = status.new_id(), [status.new_id() for _ in tools]
     with transaction() as conn:
         status.create_run(conn, run_id=run_id, goal="g", plan={}, step_rows=[{
             "id": step_id, "index": i, "name": f"s{i}", "tool": tool, "inputs": inputs or {},
-            "max_attempts": 3, "timeout_s": 30.0} for i, (step_id, tool) in enumerate(zip(step_ids, tools))])
+            "max_attempts": 3, "timeout_s": timeout_s}
+            for i, (step_id, tool) in enumerate(zip(step_ids, tools))])
     return run_id, step_ids
 
 
@@ -72,11 +74,7 @@ def test_a_step_cancelled_while_its_tool_finishes_is_dropped_quietly(
 ):
     # given a run whose step's tool is still working when the run is cancelled (the revoke
     # came too late to interrupt it), so its success can no longer be recorded
-    run_id, step_id = status.new_id(), status.new_id()
-    with transaction() as conn:
-        status.create_run(conn, run_id=run_id, goal="g", plan={}, step_rows=[{
-            "id": step_id, "index": 0, "name": "s", "tool": "echo", "inputs": {},
-            "max_attempts": 3, "timeout_s": 30.0}])
+    run_id, [step_id] = new_run("echo")
     finish = EchoTool.run
 
     def cancelled_meanwhile(self: EchoTool, inputs: dict[str, Any], ctx: Any) -> Any:
@@ -210,11 +208,7 @@ def test_a_step_past_its_own_soft_limit_still_ends_timed_out(database, monkeypat
     from celery.exceptions import SoftTimeLimitExceeded
 
     # given a step whose soft limit (9 s for a 10 s timeout) has passed when the signal comes
-    run_id, step_id = status.new_id(), status.new_id()
-    with transaction() as conn:
-        status.create_run(conn, run_id=run_id, goal="g", plan={}, step_rows=[{
-            "id": step_id, "index": 0, "name": "s", "tool": "echo", "inputs": {},
-            "max_attempts": 3, "timeout_s": 10.0}])
+    run_id, [step_id] = new_run("echo", timeout_s=10.0)
 
     def too_slow(self: EchoTool, inputs: dict[str, Any], ctx: Any) -> Any:
         raise SoftTimeLimitExceeded()
