@@ -148,3 +148,8 @@ def test_an_artifact_named_anything_by_a_plugin_tool_downloads(client, services,
     # and a browser runs nothing a model wrote on the API's origin
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     assert response.headers["Content-Security-Policy"] == "sandbox"
+    # and a client that has it already is told so, without the bytes
+    assert response.headers["ETag"] == f'"{stored.sha256}"'
+    again = client.get(f"/artifacts/{artifact_id}/content",
+                       headers={"If-None-Match": response.headers["ETag"]})
+    assert again.status_code == 304 and again.data == b""
