@@ -41,6 +41,13 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     return _number(env, name, default, float, "a number")
 
 
+def _positive(env: Mapping[str, str], name: str, default: float) -> float:
+    value = _float(env, name, default)
+    if value <= 0:
+        raise ConfigError(f"{name} must be more than 0, got {env.get(name)!r}")
+    return value
+
+
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
     return _number(env, name, default, int, "a whole number", minimum)
 
@@ -137,7 +144,7 @@ class Settings:
             s3_secret_key=env.get("NOFX_S3_SECRET_KEY", ""),
             s3_secure=_bool(env, "NOFX_S3_SECURE", True),
             s3_region=env.get("NOFX_S3_REGION", ""),
-            s3_timeout_s=_float(env, "NOFX_S3_TIMEOUT_S", 30.0),
+            s3_timeout_s=_positive(env, "NOFX_S3_TIMEOUT_S", 30.0),
             llm_provider=_llm_provider(env),
             llm_model=env.get("NOFX_LLM_MODEL") or DEFAULT_MODEL,
             llm_timeout_s=_float(env, "NOFX_LLM_TIMEOUT_S", 60.0),

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 import uuid
-
 from typing import Any
 
 from flask import Flask, Response, current_app, g, request
@@ -78,3 +78,7 @@ class JsonBodyParser(FlaskParser):
             return super()._raw_load_json(req)
         except RecursionError:
             abort(400, message="the JSON body is nested too deeply to read")
+        except ValueError as exc:  # not a decoding error: e.g. an integer of 4,301 digits
+            if isinstance(exc, json.JSONDecodeError):
+                raise
+            abort(400, message=f"the JSON body cannot be read: {exc}")

@@ -44,6 +44,16 @@ def step_status(step_id: str) -> StepStatus | None:
     return StepStatus(value) if value else None
 
 
+def attempt_in_budget(step: status.ClaimedStep) -> int:
+    """Which attempt of its current budget this is (1, 2, ...): attempts number on across a
+    resume (``nofx/status.py``), and a retry's backoff starts again with the budget."""
+    with transaction() as conn:
+        budget = conn.execute(
+            select(steps.c.attempt_budget).where(steps.c.id == step.id)
+        ).scalar()
+    return step.attempt - (step.max_attempts - (budget or step.max_attempts))
+
+
 def still_holds(step: status.ClaimedStep) -> bool:
     """Whether this attempt still holds its step (not cancelled, reaped or finished)."""
     return _attempt_left_it(step, StepStatus.RUNNING)

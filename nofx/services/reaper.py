@@ -60,9 +60,10 @@ def running_steps_query() -> Select:
     return select(steps).where(steps.c.status == StepStatus.RUNNING).order_by(steps.c.heartbeat_at)
 
 
-def stalled_query(undispatched_before: datetime, overdue_before: datetime) -> Select:
-    """Due steps of active runs whose chain never brought them (partial index of due steps),
-    longest overdue first."""
+def stalled_query(undispatched_before: datetime, overdue_before: datetime,
+                  limit: int = 5000) -> Select:
+    """Due steps of active runs whose chain never brought them (partial index of due steps):
+    never-dispatched runs first, then the longest overdue."""
     return (
         select(steps.c.id, steps.c.run_id, steps.c.tool, steps.c.due_at, runs.c.dispatched_at)
         .join(runs, runs.c.id == steps.c.run_id)
@@ -75,8 +76,8 @@ def stalled_query(undispatched_before: datetime, overdue_before: datetime) -> Se
                 steps.c.due_at < overdue_before,
             ),
         )
-        .order_by(steps.c.due_at)
-        .limit(500)
+        .order_by(runs.c.dispatched_at.is_not(None), steps.c.due_at)
+        .limit(limit)
     )
 
 
@@ -200,6 +201,11 @@ def _heal_stuck(step: dict[str, Any], settings: Settings) -> str:
     return "skipped"
 
 
+#: Runs sent again in one tick at most; the query reads further (past steps left waiting
+#: behind a backlog), so a backlog on one queue hides no lost message on another.
+REDISPATCH_PER_TICK = 500
+
+
 def overdue_after_s(settings: Settings) -> float:
     """How long a due step may wait for its message before it counts as overdue."""
     return max(settings.stuck_after_s * 4, 120)
@@ -227,6 +233,8 @@ def _redispatch_stalled(settings: Settings) -> int:
         rows = conn.execute(stalled_query(undispatched_before, overdue_before)).all()
     count, depths, waiting = 0, _QueueDepths(), Counter[str]()
     for row in rows:
+        if count >= REDISPATCH_PER_TICK:
+            break
         reason = "never_dispatched" if row.dispatched_at is None else NEVER_STARTED
         if reason == NEVER_STARTED and row.due_at >= patient_until:
             queue = queue_of(row.run_id, row.id, row.tool)
@@ -263,7 +271,11 @@ def ready_messages(queue: str) -> int | None:
     try:
         with app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1)
-            return int(conn.default_channel.queue_declare(queue=queue, passive=True).message_count)
+            try:
+                declared = conn.default_channel.queue_declare(queue=queue, passive=True)
+            except conn.channel_errors:
+                return 0  # no such queue (Redis drops an empty one): nothing waits in it
+            return int(declared.message_count)
     except Exception:  # unknown: the caller acts as if the queue were empty
         log.warning("could not read the length of queue %s", queue, exc_info=True)
         return None

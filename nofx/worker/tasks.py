@@ -40,7 +40,8 @@ class StepTask(Task):
         """Exponential backoff with jitter, capped; at least what the failing service asked
         for (``Retry-After`` on a 429 or 529), within the same cap."""
         settings = get_settings()
-        ceiling = min(settings.retry_backoff_max_s, settings.retry_backoff_s * 2 ** (attempt - 1))
+        ceiling = min(settings.retry_backoff_max_s,
+                      settings.retry_backoff_s * 2 ** min(max(attempt - 1, 0), 30))
         asked = getattr(exc, "retry_after_s", None) or 0.0
         return max(random.uniform(ceiling / 2, ceiling), min(asked, settings.retry_backoff_max_s))
 
@@ -71,6 +72,7 @@ class StepTask(Task):
 def run_step(self: StepTask, run_id: str, step_id: str, **display: Any) -> None:
     """Run one step of a run. ``display`` (tool, step, index) is for Flower and logs only."""
     bind(run_id=run_id, step_id=step_id)
+    self.request.nofx_entered = time.monotonic()  # the time limits run from here
     step = execute.claim(run_id, step_id, self.request.id)
     if step is None:
         return _not_claimed(run_id, step_id)
@@ -105,16 +107,17 @@ def _run_claimed(self: StepTask, step: ClaimedStep) -> None:
             log.info("step interrupted: this attempt no longer holds it",
                      extra=_ids(run_id, step_id, attempt=step.attempt))
             raise Ignore() from None
-        if _elapsed(self.request) < soft_limit_s(step.timeout_s) - 1.0:
+        if _ran_s(self.request) < soft_limit_s(step.timeout_s) - 1.0:
             # Not this step's time limit: a cancel's revoke signals a *process*, which may
             # have moved on from the cancelled step to this one (Celery's docs warn of
             # terminate for this reason). The step did nothing wrong: run it again.
             stray = RetryableToolError("interrupted by a signal meant for another task")
             _retry(self, step, stray, delay=0.0)
+            raise stray from exc  # no attempt left: fail, saying what happened
         raise
     except ToolError as exc:
         if exc.retryable:
-            _retry(self, step, exc, delay=self.backoff(step.attempt, exc))
+            _retry(self, step, exc, delay=self.backoff(execute.attempt_in_budget(step), exc))
         raise
     observe.step_finished(step.tool, "succeeded", _elapsed(self.request))
     log.info("step succeeded", extra=_ids(run_id, step_id, tool=step.tool, attempt=step.attempt))
@@ -166,6 +169,11 @@ def reap() -> dict[str, int]:
 
 def _ids(run_id: str, step_id: str, **more: Any) -> dict[str, Any]:
     return {"run_id": run_id, "step_id": step_id, **more}
+
+
+def _ran_s(request: Any) -> float:
+    """How long the task has run, from its entry (as its time limits count), claim included."""
+    return time.monotonic() - getattr(request, "nofx_entered", time.monotonic())
 
 
 def _elapsed(request: Any) -> float:

@@ -95,6 +95,14 @@ def test_json_nested_beyond_reason_is_a_json_error_not_a_500(client, depth, code
     assert "nested" in response.get_data(as_text=True)
 
 
+def test_an_integer_too_long_for_python_to_read_is_a_400(client):
+    body = ('{"plan": {"goal": "g", "steps": [{"name": "s", "tool": "echo", "inputs": '
+            '{"n": ' + "9" * 5000 + "}}]}}")
+    response = client.post("/runs", data=body, content_type="application/json")
+    assert response.status_code == 400 and response.mimetype == "application/json"
+    assert "cannot be read" in response.get_json()["message"]
+
+
 def test_a_body_of_nothing_but_nesting_is_a_400(client):
     response = client.post("/runs", data="[" * 100_000, content_type="application/json")
     assert response.status_code == 400 and "nested" in response.get_json()["message"]

@@ -21,14 +21,14 @@ from tests.support.fake_anthropic import Reply
 from tests.support.runs import token
 
 
-def new_run(*tools: str, inputs: dict[str, Any] | None = None,
-            timeout_s: float = 30.0) -> tuple[str, list[str]]:
+def new_run(*tools: str, inputs: dict[str, Any] | None = None, timeout_s: float = 30.0,
+            max_attempts: int = 3) -> tuple[str, list[str]]:
     """A run written straight to the database (not sent to any worker)."""
     run_id, step_ids = status.new_id(), [status.new_id() for _ in tools]
     with transaction() as conn:
         status.create_run(conn, run_id=run_id, goal="g", plan={}, step_rows=[{
             "id": step_id, "index": i, "name": f"s{i}", "tool": tool, "inputs": inputs or {},
-            "max_attempts": 3, "timeout_s": timeout_s}
+            "max_attempts": max_attempts, "timeout_s": timeout_s}
             for i, (step_id, tool) in enumerate(zip(step_ids, tools))])
     return run_id, step_ids
 
@@ -214,9 +214,45 @@ def test_a_step_past_its_own_soft_limit_still_ends_timed_out(database, monkeypat
         raise SoftTimeLimitExceeded()
 
     monkeypatch.setattr(EchoTool, "run", too_slow)
-    monkeypatch.setattr("nofx.worker.tasks._elapsed", lambda request: 9.5)
+    monkeypatch.setattr("nofx.worker.tasks._ran_s", lambda request: 9.5)
 
     result = run(run_id, step_id)
 
     assert result.state == "FAILURE"
     assert step_row(step_id)["status"] == "timed_out"
+
+
+def test_a_stray_signal_on_the_last_attempt_fails_the_step_saying_so(database, monkeypatch):
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    run_id, [step_id] = new_run("echo", max_attempts=1)
+
+    def interrupted(self: EchoTool, inputs: dict[str, Any], ctx: Any) -> Any:
+        raise SoftTimeLimitExceeded()
+
+    monkeypatch.setattr(EchoTool, "run", interrupted)
+
+    assert run(run_id, step_id).state == "FAILURE"
+    row = step_row(step_id)
+    assert row["status"] == "failed"  # not timed_out: its own limit was far off
+    assert row["error"]["message"] == "interrupted by a signal meant for another task"
+
+
+def test_a_retrys_backoff_starts_again_with_a_resumed_steps_budget(database):
+    from nofx.services import execute
+
+    # given a step that used its three attempts, was resumed, and runs its fourth
+    run_id, [step_id] = new_run("echo")
+    with transaction() as conn:
+        for attempt in (1, 2, 3):
+            claimed = status.claim_step(conn, run_id, step_id, f"t-{attempt}")
+            assert claimed is not None and claimed.attempt == attempt
+            if attempt < 3:
+                assert status.requeue_step(conn, run_id, step_id, attempt, ("step.retrying", {}))
+        assert status.fail_step(conn, run_id, step_id, 3, {"type": "E", "message": "m"})
+        assert status.resume_run(conn, run_id) == 0
+        fourth = status.claim_step(conn, run_id, step_id, "t-4")
+
+    # then it is the first attempt of its new budget, as far as backoff goes
+    assert fourth is not None and (fourth.attempt, fourth.max_attempts) == (4, 6)
+    assert execute.attempt_in_budget(fourth) == 1

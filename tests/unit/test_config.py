@@ -32,6 +32,7 @@ def test_a_setting_is_its_variable_or_the_default(env, field, value):
     ("NOFX_API_PORT", "80.8", "must be a whole number"),
     ("NOFX_MAX_BODY_BYTES", "-1", "must not be negative"),
     ("NOFX_HEARTBEAT_S", "soon", "must be a number"),
+    ("NOFX_S3_TIMEOUT_S", "0", "must be more than 0"),
 ])
 def test_a_bad_value_stops_the_process_naming_the_variable(name, raw, says):
     with pytest.raises(ConfigError) as caught:

@@ -115,10 +115,60 @@ def test_ready_messages_counts_the_messages_waiting_in_a_queue(monkeypatch, brok
 
     monkeypatch.setattr(app, "connection_for_write", lambda *a, **k: Connection(broker))
     try:
-        # then the reaper reads three; and a queue nobody declared reads as unknown or empty
+        # then the reaper reads three; and a queue that does not exist holds nothing
         assert reaper.ready_messages(name) == 3
-        assert reaper.ready_messages(f"{name}-none") in (None, 0)
+        assert reaper.ready_messages(f"{name}-none") == 0
     finally:
         with Connection(broker) as conn:
             queue(conn.default_channel).delete()
             queue.exchange(conn.default_channel).delete()
+
+
+@pytest.fixture()
+def only_these_runs(monkeypatch: pytest.MonkeyPatch):
+    """The reaper's stalled-steps query, limited to this test's runs (the session's database
+    is shared), and one run sent again a tick."""
+    mine: list[str] = []
+    query = reaper.stalled_query
+    monkeypatch.setattr(reaper, "stalled_query",
+                        lambda *a, **k: query(*a, **k).where(steps.c.run_id.in_(mine)))
+    monkeypatch.setattr(reaper, "REDISPATCH_PER_TICK", 1)
+    return mine
+
+
+def test_steps_left_waiting_use_none_of_a_ticks_budget_and_hide_no_lost_message(
+        database, monkeypatch, only_these_runs):
+    # given two overdue steps behind a backlog on one queue, and a third, due more recently,
+    # whose message was lost on a queue with nothing in it (routing by tool)
+    waiting = [overdue_run(timedelta(minutes=20))[0] for _ in range(2)]
+    lost, _ = overdue_run(timedelta(minutes=10))
+    only_these_runs.extend([*waiting, lost])
+    monkeypatch.setattr(reaper, "queue_of",
+                        lambda run_id, step_id, tool: "idle" if run_id == lost else "busy")
+    monkeypatch.setattr(reaper, "ready_messages", lambda queue: 7 if queue == "busy" else 0)
+    try:
+        with reaper_paused():
+            # when a tick that may send one run looks at them
+            assert reaper._redispatch_stalled(get_settings()) == 1
+        # then the lost one was sent; the waiting ones were skipped without using that one
+        assert [p["reason"] for p in reaped(lost)] == ["never_started"]
+        assert [reaped(run_id) for run_id in waiting] == [[], []]
+    finally:
+        for run_id in [*waiting, lost]:
+            cancel(run_id)
+
+
+def test_a_run_that_never_reached_the_broker_goes_before_long_overdue_ones(
+        database, queue_holding, only_these_runs):
+    overdue, _ = overdue_run(timedelta(minutes=20))
+    undispatched, _ = overdue_run(timedelta(seconds=30), dispatched=False)
+    only_these_runs.extend([overdue, undispatched])
+    queue_holding(0)
+    try:
+        with reaper_paused():
+            assert reaper._redispatch_stalled(get_settings()) == 1
+        assert [p["reason"] for p in reaped(undispatched)] == ["never_dispatched"]
+        assert reaped(overdue) == []
+    finally:
+        cancel(overdue)
+        cancel(undispatched)
