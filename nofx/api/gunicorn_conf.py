@@ -9,7 +9,6 @@ default 8 threads, so a busy process never waits for a connection.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import signal
 from pathlib import Path
@@ -57,13 +56,10 @@ def _is_local(bind: str) -> bool:
     address = parse_address(bind)
     if not isinstance(address, tuple):  # a unix socket or an inherited file descriptor
         return True
-    host = address[0]
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+    from nofx.api.auth import is_loopback  # the app's own rule for clients, the same test
+
+    host = address[0].strip("[]")
+    return host == "localhost" or (bool(host) and is_loopback(host))  # "": every interface
 
 
 def check_binds(binds: Sequence[str], log: Any) -> None:
