@@ -61,9 +61,9 @@ worker_redirect_stdouts = False
 # With REMAP_SIGTERM=SIGQUIT (the deploy files set it) SIGTERM is a soft shutdown: running
 # steps get this long, then their messages go back to the broker and the reaper recovers
 # them. Without it SIGTERM is a warm shutdown, which waits for running steps however long.
-# 90 s: a step waiting on Claude (a call at the default NOFX_LLM_TIMEOUT_S, 60 s; answers of
-# more than ~2,000 tokens get longer) and storing its answer finishes rather than being
-# stopped and redone, its call paid twice, at every rollout.
+# 90 s: a step waiting on Claude (a typical answer of a few thousand tokens) and storing its
+# answer finishes rather than being stopped and redone, its call paid twice, at every
+# rollout. A longer answer is still stopped; its step runs again elsewhere.
 worker_soft_shutdown_timeout = 90
 # An idle worker stops at once (Celery would otherwise sleep the whole timeout).
 worker_enable_soft_shutdown_on_idle = False

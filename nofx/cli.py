@@ -273,6 +273,9 @@ def describe_event(event: dict[str, Any]) -> str:
         "llm.usage": lambda: (f"{p.get('provider')}/{p.get('model')} in={p.get('input_tokens')} "
                               f"out={p.get('output_tokens')} ${p.get('cost_usd', 0):.6f}"),
         "artifact.created": lambda: f"{p.get('name')} {p.get('size')} bytes",
+        "step.progress": lambda: " ".join(
+            [f"{p.get('elapsed_s')}s"] + [f"{k}={v}" for k, v in p.items()
+                                          if k not in ("attempt", "elapsed_s")]),
         "step.finished": lambda: f"{p.get('status')} in {p.get('duration_s')}s" + (
             f": {p['error']['message']}" if p.get("error") else ""),
         "step.retrying": lambda: f"attempt {p.get('attempt')} failed, retry in {p.get('delay_s')}s",

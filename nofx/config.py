@@ -118,6 +118,7 @@ class Settings:
     sse_poll_s: float = 0.5
     sse_keepalive_s: float = 15.0
     heartbeat_s: float = 5.0
+    progress_every_s: float = 10.0
     stuck_after_s: float = 30.0
     reap_every_s: float = 10.0
     hard_limit_grace_s: float = 30.0
@@ -147,7 +148,7 @@ class Settings:
             s3_timeout_s=_positive(env, "NOFX_S3_TIMEOUT_S", 30.0),
             llm_provider=_llm_provider(env),
             llm_model=env.get("NOFX_LLM_MODEL") or DEFAULT_MODEL,
-            llm_timeout_s=_float(env, "NOFX_LLM_TIMEOUT_S", 60.0),
+            llm_timeout_s=_positive(env, "NOFX_LLM_TIMEOUT_S", 60.0),
             llm_max_tokens=_int(env, "NOFX_LLM_MAX_TOKENS", 2048, minimum=1),
             llm_prices=_prices(env),
             api_host=env.get("NOFX_API_HOST") or "127.0.0.1",
@@ -160,6 +161,7 @@ class Settings:
             sse_poll_s=_float(env, "NOFX_SSE_POLL_S", 0.5),
             sse_keepalive_s=_float(env, "NOFX_SSE_KEEPALIVE_S", 15.0),
             heartbeat_s=_float(env, "NOFX_HEARTBEAT_S", 5.0),
+            progress_every_s=_float(env, "NOFX_PROGRESS_EVERY_S", 10.0),
             stuck_after_s=_float(env, "NOFX_STUCK_AFTER_S", 30.0),
             reap_every_s=_float(env, "NOFX_REAP_EVERY_S", 10.0),
             hard_limit_grace_s=_float(env, "NOFX_HARD_LIMIT_GRACE_S", 30.0),

@@ -7,9 +7,8 @@ is visible as a ``step.retrying`` event and retries never multiply (SDK x Celery
 
 from __future__ import annotations
 
-import json
 import math
-from typing import Any
+from typing import Any, Callable
 
 import anthropic
 
@@ -18,13 +17,23 @@ from nofx.llm.base import Completion
 
 #: Retryable besides every 5xx (529 "overloaded" included).
 RETRYABLE_STATUSES = {408, 409, 429}
-#: The pace ``timeout_for`` assumes a long answer is written at: the SDK's own assumption
-#: for non-streaming requests (an hour for 128k output tokens, ~36 a second).
-OUTPUT_TOKENS_PER_S = 128_000 / 3600
+#: An ``error`` event in the middle of a streamed answer comes after a 200: its type says
+#: what went wrong. These are the client's own fault and will fail again; any other type
+#: (``overloaded_error``, ``api_error``...) is the service's, and worth another attempt.
+PERMANENT_ERROR_TYPES = {"invalid_request_error", "authentication_error", "permission_error",
+                         "not_found_error", "request_too_large", "billing_error"}
 
 
 class AnthropicLLM:
-    """Asks Claude via ``messages.create``; reads key and base URL as the SDK does."""
+    """Asks Claude via the streaming Messages API; reads key and base URL as the SDK does.
+
+    The answer is streamed, as Anthropic recommends for anything long: the timeout is then
+    the longest silence allowed (the API sends text, or a ``ping``, every few seconds),
+    however long the whole answer takes; the step's time limit bounds the whole. A
+    non-streaming call sends nothing until its answer is complete, so its timeout would
+    have to cover the longest answer ``max_tokens`` allows, and an idle connection that
+    long is one a proxy or NAT may drop. Streaming also lets the step report progress.
+    """
 
     provider = "anthropic"
 
@@ -33,41 +42,63 @@ class AnthropicLLM:
         self.timeout_s = timeout_s
         self.client = anthropic.Anthropic(api_key=api_key, timeout=timeout_s, max_retries=0)
 
-    def timeout_for(self, max_tokens: int) -> float:
-        """The request's timeout: ``NOFX_LLM_TIMEOUT_S``, or longer when ``max_tokens`` could
-        take longer to write. A non-streaming answer sends nothing until it is complete, so a
-        fixed 60 s would cut every answer of a few thousand tokens, attempt after attempt
-        (the SDK's own default scales the same way; passing a timeout turns that off). The
-        step's time limit still bounds the whole."""
-        return max(self.timeout_s, max_tokens / OUTPUT_TOKENS_PER_S)
-
     def complete(
-        self, prompt: str, *, model: str, max_tokens: int, system: str | None = None
+        self, prompt: str, *, model: str, max_tokens: int, system: str | None = None,
+        on_progress: Callable[[int], None] | None = None,
     ) -> Completion:
-        """One Messages API call; errors come back as retryable or permanent tool errors."""
+        """One streamed Messages API call; ``on_progress`` hears the characters received so
+        far as they arrive. Errors come back as retryable or permanent tool errors."""
         try:
-            message = self.client.messages.create(
+            with self.client.messages.stream(
                 model=model,
                 max_tokens=max_tokens,
                 messages=[{"role": "user", "content": prompt}],
                 system=system if system else anthropic.omit,
-                timeout=self.timeout_for(max_tokens),
-            )
+            ) as stream:
+                message, chars = None, 0
+                for event in stream:
+                    if event.type == "text":
+                        chars += len(event.text)
+                        if on_progress is not None:
+                            on_progress(chars)
+                    elif event.type == "message_stop":
+                        message = event.message
         except anthropic.APIStatusError as exc:
             raise _status_error(exc) from exc
-        except (anthropic.APIConnectionError, anthropic.APITimeoutError) as exc:
+        except anthropic.APITimeoutError as exc:  # (a kind of APIConnectionError)
+            raise RetryableToolError(f"Anthropic API timed out: nothing received for "
+                                     f"{self.timeout_s:g}s") from exc
+        except anthropic.APIConnectionError as exc:
             raise RetryableToolError(f"Anthropic API unreachable: {exc}") from exc
-        except (anthropic.APIResponseValidationError, json.JSONDecodeError) as exc:
-            # The SDK lets a truncated or non-JSON body surface as a bare JSONDecodeError.
-            raise RetryableToolError(f"Anthropic API answered malformed data: {exc}") from exc
+        except (anthropic.APIResponseValidationError, ValueError, LookupError, TypeError,
+                AttributeError, RuntimeError) as exc:
+            # A body that is not the event stream the SDK expects (bad JSON is a ValueError;
+            # events out of order fail the SDK's accumulation in other ways).
+            raise RetryableToolError(f"Anthropic API answered malformed data: {exc!r}") from exc
+        if message is None:
+            raise RetryableToolError("Anthropic API's answer ended before it was complete "
+                                     f"({chars} characters received, no message_stop)")
         return _completion(message, model)
 
 
 def _status_error(exc: anthropic.APIStatusError) -> Exception:
+    if exc.status_code < 400:  # an ``error`` event after the stream had started
+        kind = _error_type(exc) or "error"
+        message = f"Anthropic API {kind} mid-answer: {_error_message(exc)}"
+        if kind in PERMANENT_ERROR_TYPES:
+            return PermanentToolError(message)
+        return RetryableToolError(message)
     message = f"Anthropic API {exc.status_code}: {_error_message(exc)}"
     if exc.status_code in RETRYABLE_STATUSES or exc.status_code >= 500:
         return RetryableToolError(message, retry_after_s=retry_after_s(exc.response))
     return PermanentToolError(message)
+
+
+def _error_type(exc: anthropic.APIStatusError) -> str | None:
+    body = exc.body
+    error = body.get("error") if isinstance(body, dict) else None
+    kind = error.get("type") if isinstance(error, dict) else None
+    return str(kind) if kind else None
 
 
 def retry_after_s(response: Any) -> float | None:

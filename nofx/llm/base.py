@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Protocol
+from typing import Callable, Mapping, Protocol
 
 
 @dataclass(frozen=True)
@@ -24,8 +24,12 @@ class LLM(Protocol):
     provider: str
 
     def complete(
-        self, prompt: str, *, model: str, max_tokens: int, system: str | None = None
-    ) -> Completion: ...
+        self, prompt: str, *, model: str, max_tokens: int, system: str | None = None,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> Completion:
+        """The model's answer to ``prompt``. A provider that receives its answer in parts
+        calls ``on_progress`` with the characters received so far, as they arrive."""
+        ...
 
 
 def cost_usd(

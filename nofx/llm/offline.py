@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 from nofx.llm.base import Completion
 
 NOTICE = (
@@ -16,9 +18,11 @@ class OfflineLLM:
     provider = "offline"
 
     def complete(
-        self, prompt: str, *, model: str, max_tokens: int, system: str | None = None
+        self, prompt: str, *, model: str, max_tokens: int, system: str | None = None,
+        on_progress: Callable[[int], None] | None = None,
     ) -> Completion:
-        """Return a deterministic offline answer that quotes the prompt."""
+        """Return a deterministic offline answer that quotes the prompt (at once: there is
+        no progress to report)."""
         text = f"# Offline answer\n\n> {NOTICE}\n\nThe prompt was:\n\n> {prompt.strip()}\n"
         return Completion(
             text=text,

@@ -16,6 +16,7 @@ from typing import Any, Iterator
 
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 
 from nofx import adapters, status
 from nofx.config import get_settings
@@ -85,6 +86,7 @@ def run_claimed(step: status.ClaimedStep) -> dict[str, Any]:
         llm_client=adapters.llm(), default_model=settings.llm_model,
         default_max_tokens=settings.llm_max_tokens,
         on_usage=lambda completion: record_usage(step, completion),
+        on_progress=Progress(step, settings.progress_every_s),
     )
     with HEARTBEATS.holding(step):
         result = tool.run(inputs, ctx)
@@ -141,6 +143,33 @@ def record_usage(step: status.ClaimedStep, completion: Completion) -> None:
         # over the record of its cost, which this line and the metrics still carry.
         log.error("could not record llm.usage: the database is unavailable", exc_info=True,
                   extra={"run_id": step.run_id, "step_id": step.id, "usage": payload})
+
+
+class Progress:
+    """Keeps a long step's progress as ``step.progress`` events: at most one every
+    ``every_s`` seconds (``NOFX_PROGRESS_EVERY_S``; 0 keeps none), so a step shorter than
+    that records none. Called from the tool's thread as its work advances (for ``codegen``,
+    as the model's answer streams in); a write that fails is logged and the work goes on.
+    """
+
+    def __init__(self, step: status.ClaimedStep, every_s: float) -> None:
+        self.step, self.every_s = step, every_s
+        self.started = self.last = time.monotonic()
+
+    def __call__(self, progress: dict[str, Any]) -> None:
+        now = time.monotonic()
+        if self.every_s <= 0 or now - self.last < self.every_s:
+            return
+        self.last = now
+        step = self.step
+        payload = {"attempt": step.attempt, "elapsed_s": round(now - self.started, 1), **progress}
+        try:
+            with transaction() as conn:
+                status.record_for_attempt(conn, step.run_id, step.id, step.attempt,
+                                          "step.progress", payload)
+        except SQLAlchemyError:  # not SoftTimeLimitExceeded: a time limit still interrupts
+            log.warning("could not record step progress", exc_info=True,
+                        extra={"run_id": step.run_id, "step_id": step.id, **payload})
 
 
 def store_artifact(step: status.ClaimedStep, artifact: Artifact) -> status.NewArtifact:

@@ -58,17 +58,22 @@ class ToolContext:
     default_model: str
     default_max_tokens: int
     on_usage: Callable[[Completion], None] = lambda completion: None
+    #: Hears how far a long piece of work has got (``{"llm_chars": 5321}``); whoever runs
+    #: the tool decides what to keep (``step.progress`` events, a few seconds apart).
+    on_progress: Callable[[dict[str, Any]], None] = lambda progress: None
 
     def complete(
         self, prompt: str, *, model: str | None = None, max_tokens: int | None = None,
         system: str | None = None,
     ) -> Completion:
-        """Ask the configured LLM; usage is reported before the answer is returned."""
+        """Ask the configured LLM; progress is reported as the answer arrives, and usage
+        before the answer is returned."""
         completion = self.llm_client.complete(
             prompt,
             model=model or self.default_model,
             max_tokens=max_tokens or self.default_max_tokens,
             system=system,
+            on_progress=lambda chars: self.on_progress({"llm_chars": chars}),
         )
         self.on_usage(completion)
         return completion

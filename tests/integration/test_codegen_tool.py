@@ -41,26 +41,38 @@ def test_the_models_text_becomes_the_artifact_and_usage_is_reported(fake_llm):
     assert "GUIDE.md" in call["body"]["system"] and "Docs" in call["body"]["system"]
 
 
-@pytest.mark.parametrize(("reply", "error"), [
-    (Reply.error(429), RetryableToolError),
-    (Reply.error(529), RetryableToolError),
-    (Reply.error(500), RetryableToolError),
-    (Reply.error(501), RetryableToolError),
-    (Reply.error(520), RetryableToolError),
-    (Reply.malformed(), RetryableToolError),
-    (Reply.ok(""), RetryableToolError),
-    (Reply.error(400), PermanentToolError),
-    (Reply.error(401), PermanentToolError),
-    (Reply.error(403), PermanentToolError),
-], ids=["429", "529", "500", "501", "520 (a proxy's)", "malformed", "empty text", "400", "401",
-        "403"])
-def test_each_kind_of_llm_failure_is_classified(fake_llm, reply, error):
+@pytest.mark.parametrize(("reply", "error", "says"), [
+    (Reply.error(408), RetryableToolError, "Anthropic API 408: scripted failure"),
+    (Reply.error(409), RetryableToolError, "Anthropic API 409: scripted failure"),
+    (Reply.error(429), RetryableToolError, "Anthropic API 429: scripted failure"),
+    (Reply.error(529), RetryableToolError, "Anthropic API 529: scripted failure"),
+    (Reply.error(500), RetryableToolError, "Anthropic API 500: scripted failure"),
+    (Reply.error(501), RetryableToolError, "Anthropic API 501: scripted failure"),
+    (Reply.error(520), RetryableToolError, "Anthropic API 520: scripted failure"),
+    (Reply.malformed(), RetryableToolError, "Anthropic API answered malformed data: JSONDecodeError"),
+    (Reply.ok(""), RetryableToolError, "Anthropic API answered with no text content"),
+    (Reply(text="abc", chunks=3, stream_error="overloaded_error"), RetryableToolError,
+     "Anthropic API overloaded_error mid-answer: scripted failure mid-answer"),
+    (Reply(text="abc", chunks=3, stream_error="api_error"), RetryableToolError,
+     "Anthropic API api_error mid-answer"),
+    (Reply(text="abc", chunks=3, cut_after=1), RetryableToolError,
+     "Anthropic API's answer ended before it was complete (1 characters received"),
+    (Reply.error(400), PermanentToolError, "Anthropic API 400: scripted failure"),
+    (Reply.error(401), PermanentToolError, "Anthropic API 401: scripted failure"),
+    (Reply.error(403), PermanentToolError, "Anthropic API 403: scripted failure"),
+    (Reply(text="abc", chunks=3, stream_error="invalid_request_error"), PermanentToolError,
+     "Anthropic API invalid_request_error mid-answer"),
+], ids=["408", "409", "429", "529", "500", "501", "520 (a proxy's)", "malformed", "empty text",
+        "overloaded mid-answer", "api error mid-answer", "cut off mid-answer", "400", "401",
+        "403", "invalid request mid-answer"])
+def test_each_kind_of_llm_failure_is_classified(fake_llm, reply, error, says):
     marker = token()
     fake_llm.script(marker, [reply])
     usage: list[Completion] = []
     with pytest.raises(error) as caught:
         run_codegen({"prompt": marker}, usage)
     assert type(caught.value) is error
+    assert str(caught.value).startswith(says)
     assert usage == []
     assert len(fake_llm.calls(marker)) == 1  # the SDK itself never retried
 
@@ -71,34 +83,50 @@ def test_an_unreachable_api_is_a_retryable_error(monkeypatch):
         run_codegen({"prompt": "x"}, [])
 
 
-@pytest.mark.parametrize(("headers", "wait"), [
-    ({"retry-after": "7"}, 7.0),
-    ({"retry-after-ms": "1500", "retry-after": "2"}, 1.5),
-    ({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, None),
-    ({}, None),
-], ids=["seconds", "milliseconds first", "an HTTP date", "none"])
-def test_the_wait_a_rate_limit_asks_for_comes_with_the_error(fake_llm, headers, wait):
+@pytest.mark.parametrize(("status", "headers", "wait"), [
+    (429, {"retry-after": "7"}, 7.0),
+    (429, {"retry-after-ms": "1500", "retry-after": "2"}, 1.5),
+    (529, {"retry-after": "3"}, 3.0),
+    (429, {"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, None),
+    (429, {}, None),
+], ids=["seconds", "milliseconds first", "overloaded", "an HTTP date", "none"])
+def test_the_wait_a_rate_limit_asks_for_comes_with_the_error(fake_llm, status, headers, wait):
     marker = token()
-    fake_llm.script(marker, [Reply(status=429, headers=headers)])
+    fake_llm.script(marker, [Reply(status=status, headers=headers)])
     with pytest.raises(RetryableToolError) as caught:
         run_codegen({"prompt": marker}, [])
     assert caught.value.retry_after_s == wait
 
 
-def test_a_long_answer_gets_the_time_its_length_needs_not_the_short_default(fake_llm):
-    # given a model that takes 2 s to answer, and a 1 s request timeout, but an answer of up
-    # to 120 tokens, which the SDK's pace (~36 tokens/s) gives 3.4 s
+def test_a_long_answer_streams_in_past_a_timeout_shorter_than_the_whole(fake_llm):
+    # given a 1 s timeout, and an answer that arrives in 5 parts over 1.6 s
     marker = token()
-    fake_llm.script(marker, [Reply(text="# Slow\n", delay_s=2.0)])
+    text = "# Slow\n" + "x" * 93
+    fake_llm.script(marker, [Reply(text=text, chunks=5, chunk_delay_s=0.4)])
+    progress: list[dict] = []
     tool = CodegenTool()
     ctx = ToolContext(run_id="r", step_id="s", attempt=1, llm_client=AnthropicLLM(timeout_s=1),
                       default_model="claude-sonnet-4-5", default_max_tokens=120,
-                      on_usage=lambda c: None)
-    # then the answer arrives
-    assert tool.run(tool.validate({"prompt": marker}), ctx).artifacts[0].data == b"# Slow\n"
-    # and a short answer keeps the configured timeout
-    assert AnthropicLLM(timeout_s=60).timeout_for(256) == 60
-    assert AnthropicLLM(timeout_s=60).timeout_for(8192) == pytest.approx(230.4)
+                      on_progress=progress.append)
+    # when the tool asks for it
+    result = tool.run(tool.validate({"prompt": marker}), ctx)
+    # then the whole answer arrives: the timeout is the longest silence, not the whole call
+    assert result.artifacts[0].data == text.encode()
+    [call] = fake_llm.calls(marker)
+    assert call["body"]["stream"] is True
+    # and the tool heard each part arrive
+    assert progress == [{"llm_chars": n} for n in (20, 40, 60, 80, 100)]
+
+
+def test_an_answer_that_goes_silent_longer_than_the_timeout_is_a_retryable_error(fake_llm):
+    marker = token()
+    fake_llm.script(marker, [Reply(text="ab", chunks=2, chunk_delay_s=3.0)])
+    ctx = ToolContext(run_id="r", step_id="s", attempt=1,
+                      llm_client=AnthropicLLM(timeout_s=0.5),
+                      default_model="claude-sonnet-4-5", default_max_tokens=64)
+    tool = CodegenTool()
+    with pytest.raises(RetryableToolError, match="timed out"):
+        tool.run(tool.validate({"prompt": marker}), ctx)
 
 
 def test_an_answer_cut_short_by_max_tokens_says_so(fake_llm):

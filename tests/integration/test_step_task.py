@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -12,9 +13,10 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 
 from nofx import status
+from nofx.config import get_settings
 from nofx.db.engine import transaction
 from nofx.db.models import events, steps
-from nofx.services import reaper
+from nofx.services import execute, reaper
 from nofx.tools.echo import EchoTool
 from nofx.worker.tasks import run_step
 from tests.support.fake_anthropic import Reply
@@ -173,6 +175,72 @@ def test_llm_usage_the_database_cannot_take_is_logged_and_the_answer_kept(
     [said] = [r for r in caplog.records if "could not record llm.usage" in r.getMessage()]
     assert (said.run_id, said.step_id) == (run_id, step_id)
     assert (said.usage["input_tokens"], said.usage["output_tokens"]) == (5, 6)
+
+
+def events_of(run_id: str, type_: str) -> list[dict[str, Any]]:
+    with transaction() as conn:
+        return list(conn.execute(select(events.c.payload).where(
+            events.c.run_id == run_id, events.c.type == type_).order_by(events.c.id)).scalars())
+
+
+def progress_every(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    settings = replace(get_settings(), progress_every_s=seconds)
+    monkeypatch.setattr(execute, "get_settings", lambda: settings)
+
+
+def test_a_long_answer_records_its_progress_as_it_streams_in(services, fake_llm, monkeypatch):
+    # given progress kept every 0.3 s, and an answer that streams in over ~1.4 s
+    progress_every(monkeypatch, 0.3)
+    marker = token()
+    text = "# Long\n" + "y" * 113
+    fake_llm.script(marker, [Reply(text=text, chunks=8, chunk_delay_s=0.2)])
+    run_id, [step_id] = new_run("codegen", inputs={"prompt": f"x {marker}"})
+
+    assert run(run_id, step_id, tool="codegen").state == "SUCCESS"
+
+    # then the run's events say how far the answer had got, a few times while it came in
+    progress = events_of(run_id, "step.progress")
+    assert len(progress) >= 2
+    chars = [p["llm_chars"] for p in progress]
+    assert chars == sorted(set(chars)) and 0 < chars[0] < len(text) and chars[-1] <= len(text)
+    assert all(p["attempt"] == 1 for p in progress)
+    elapsed = [p["elapsed_s"] for p in progress]
+    assert elapsed == sorted(elapsed) and elapsed[0] >= 0.3
+    # between the step's start and the answer's usage
+    types = event_types(run_id)
+    first, last = types.index("step.progress"), len(types) - types[::-1].index("step.progress")
+    assert types.index("step.started") < first and last <= types.index("llm.usage")
+
+
+def test_progress_is_not_kept_when_turned_off_or_for_a_quick_answer(
+        services, fake_llm, monkeypatch):
+    marker = token()
+    fake_llm.script(marker, [Reply(text="abcdef", chunks=3, chunk_delay_s=0.2),
+                             Reply(text="abcdef", chunks=3, chunk_delay_s=0.2)])
+    for every_s in (0, 10):  # off; longer than the answer takes
+        progress_every(monkeypatch, every_s)
+        run_id, [step_id] = new_run("codegen", inputs={"prompt": f"x {marker}"})
+        assert run(run_id, step_id, tool="codegen").state == "SUCCESS"
+        assert events_of(run_id, "step.progress") == []
+        assert len(events_of(run_id, "llm.usage")) == 1
+
+
+def test_progress_the_database_cannot_take_is_logged_and_the_step_goes_on(
+        services, fake_llm, monkeypatch, caplog):
+    progress_every(monkeypatch, 0.2)
+    marker = token()
+    fake_llm.script(marker, [Reply(text="abcdef", chunks=3, chunk_delay_s=0.3)])
+    run_id, [step_id] = new_run("codegen", inputs={"prompt": f"x {marker}"})
+    monkeypatch.setattr(status, "record_for_attempt", failing(status.record_for_attempt, times=1))
+
+    with caplog.at_level(logging.WARNING):
+        result = run(run_id, step_id, tool="codegen")
+
+    assert result.state == "SUCCESS"
+    assert step_row(step_id)["status"] == "succeeded"
+    [said] = [r for r in caplog.records if "could not record step progress" in r.getMessage()]
+    assert (said.run_id, said.step_id) == (run_id, step_id)
+    assert len(events_of(run_id, "llm.usage")) == 1
 
 
 def test_a_step_interrupted_by_a_signal_meant_for_another_task_runs_again(

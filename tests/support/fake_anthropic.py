@@ -4,6 +4,10 @@ The real ``anthropic`` SDK talks to it through ``ANTHROPIC_BASE_URL``. Tests scr
 answers per prompt: a reply list is matched when the prompt contains its token, so tests
 running one after another (and workers in other processes) never take each other's replies.
 Unscripted prompts get a 200 answer that quotes the prompt.
+
+A request with ``"stream": true`` (how NOFX asks) is answered as the API streams: server-sent
+events, the text in ``chunks`` deltas ``chunk_delay_s`` apart; a scripted reply can also
+fail mid-answer (``stream_error``) or stop sending halfway (``cut_after``).
 """
 
 from __future__ import annotations
@@ -28,6 +32,11 @@ class Reply:
     delay_s: float = 0.0
     headers: dict[str, str] = field(default_factory=dict)  # e.g. retry-after on a 429
     stop_reason: str = "end_turn"
+    # Streamed answers only:
+    chunks: int = 1  # text deltas the answer comes in
+    chunk_delay_s: float = 0.0  # pause before each delta after the first
+    stream_error: str | None = None  # an `error` event of this type after the first delta
+    cut_after: int | None = None  # close the connection after this many deltas
 
     @classmethod
     def ok(cls, text: str, input_tokens: int = 11, output_tokens: int = 22) -> "Reply":
@@ -115,7 +124,7 @@ class FakeAnthropic:
         reply = self._next_reply(prompt)
         if reply.delay_s:
             threading.Event().wait(reply.delay_s)
-        if reply.raw is not None:
+        if reply.raw is not None and not (body.get("stream") and reply.status == 200):
             return _send(handler, reply.status, reply.raw, reply.headers)
         if reply.status != 200:
             return _send(handler, reply.status, _error_body(reply.status, "scripted failure"),
@@ -127,6 +136,8 @@ class FakeAnthropic:
             "stop_reason": reply.stop_reason, "stop_sequence": None,
             "usage": {"input_tokens": reply.input_tokens, "output_tokens": reply.output_tokens},
         }
+        if body.get("stream"):
+            return _stream(handler, reply, message)
         _send(handler, 200, json.dumps(message).encode())
 
 
@@ -144,6 +155,49 @@ def _prompt(body: dict[str, Any]) -> str:
 def _error_body(status: int, message: str) -> bytes:
     kind = ERROR_TYPES.get(status, "api_error")
     return json.dumps({"type": "error", "error": {"type": kind, "message": message}}).encode()
+
+
+def _stream(handler: BaseHTTPRequestHandler, reply: Reply, message: dict[str, Any]) -> None:
+    """The answer as the Messages API streams it (``message_start`` ... ``message_stop``)."""
+    handler.send_response(200)
+    handler.send_header("Content-Type", "text/event-stream")
+    handler.send_header("Cache-Control", "no-cache")
+    handler.send_header("request-id", f"req_{uuid.uuid4().hex[:12]}")
+    handler.send_header("Connection", "close")  # the body ends when the connection does
+    handler.end_headers()
+    text, n = reply.text, max(reply.chunks, 1)
+    size = -(-len(text) // n) if text else 0
+    deltas = [text[i:i + size] for i in range(0, len(text), size)] if text else []
+    started = {**message, "content": [], "stop_reason": None,
+               "usage": {"input_tokens": reply.input_tokens, "output_tokens": 1}}
+
+    def event(kind: str, data: Any) -> None:
+        raw = data if isinstance(data, bytes) else json.dumps({"type": kind, **data}).encode()
+        handler.wfile.write(b"event: " + kind.encode() + b"\ndata: " + raw + b"\n\n")
+        handler.wfile.flush()
+
+    try:
+        if reply.raw is not None:  # a malformed event where the first should be
+            return event("message_start", reply.raw)
+        event("message_start", {"message": started})
+        event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
+        event("ping", {})
+        for i, delta in enumerate(deltas):
+            if i and reply.chunk_delay_s:
+                threading.Event().wait(reply.chunk_delay_s)
+            if reply.cut_after is not None and i >= reply.cut_after:
+                return  # the connection closes mid-answer
+            event("content_block_delta",
+                  {"index": 0, "delta": {"type": "text_delta", "text": delta}})
+            if reply.stream_error:
+                return event("error", {"error": {"type": reply.stream_error,
+                                                 "message": "scripted failure mid-answer"}})
+        event("content_block_stop", {"index": 0})
+        event("message_delta", {"delta": {"stop_reason": reply.stop_reason, "stop_sequence": None},
+                                "usage": {"output_tokens": reply.output_tokens}})
+        event("message_stop", {})
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the client went away
 
 
 def _send(handler: BaseHTTPRequestHandler, status: int, payload: bytes,

@@ -73,3 +73,10 @@ def test_what_a_run_carries_cannot_drive_the_operators_terminal():
     line = cli.describe_event(event)
     assert "\n" not in line and "\x1b" not in line
     assert "boom\\n" in line and "\\x1b[2J" in line
+
+
+def test_a_progress_event_reads_as_how_far_the_step_has_got():
+    event = {"type": "step.progress", "step_id": "0123456789abcdef", "created_at":
+             "2026-12-06T19:40:01.250000+00:00",
+             "payload": {"attempt": 2, "elapsed_s": 20.1, "llm_chars": 5321}}
+    assert cli.describe_event(event) == "  19:40:01.250 step.progress [01234567] 20.1s llm_chars=5321"

@@ -17,6 +17,8 @@ from nofx.config import ConfigError, Settings, reset_settings
     ({}, "api_threads", 8),
     ({"NOFX_API_PORT": "9000"}, "api_port", 9000),
     ({"NOFX_HEARTBEAT_S": "0.5"}, "heartbeat_s", 0.5),
+    ({}, "progress_every_s", 10.0),
+    ({"NOFX_PROGRESS_EVERY_S": "0"}, "progress_every_s", 0.0),
 ])
 def test_a_setting_is_its_variable_or_the_default(env, field, value):
     assert getattr(Settings.from_env(env), field) == value
@@ -33,6 +35,8 @@ def test_a_setting_is_its_variable_or_the_default(env, field, value):
     ("NOFX_MAX_BODY_BYTES", "-1", "must not be negative"),
     ("NOFX_HEARTBEAT_S", "soon", "must be a number"),
     ("NOFX_S3_TIMEOUT_S", "0", "must be more than 0"),
+    ("NOFX_LLM_TIMEOUT_S", "0", "must be more than 0"),
+    ("NOFX_PROGRESS_EVERY_S", "-1", "must not be negative"),
 ])
 def test_a_bad_value_stops_the_process_naming_the_variable(name, raw, says):
     with pytest.raises(ConfigError) as caught:
