@@ -131,3 +131,17 @@ def test_a_step_made_stuck_shows_in_the_stuck_and_oldest_running_age_gauges(clie
     assert healed.moved_since(before, "nofx_steps_reaped_total", reason="heartbeat_lost",
                               action="failed") >= 1
     assert healed.value("nofx_reaper_last_run_timestamp_seconds") > 0
+
+
+def test_made_up_methods_are_counted_together_not_one_series_each(client):
+    # given requests with methods nobody serves, from a client without a token
+    before = scrape_api(client)
+    made_up = [f"ZZZ{uuid.uuid4().hex[:8].upper()}" for _ in range(3)]
+    for method in made_up:
+        assert client.open("/runs", method=method).status_code in (401, 405)
+
+    # then they are counted, under one label that names none of them
+    after = scrape_api(client)
+    methods = after.label_values("nofx_http_requests_total", "method")
+    assert not any(m in methods for m in made_up), methods
+    assert after.moved_since(before, "nofx_http_requests_total", method="other") == 3
