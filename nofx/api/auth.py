@@ -3,7 +3,11 @@
 
 With no token the API is open, so it serves loopback clients only (unless
 ``NOFX_API_ALLOW_OPEN``). ``nofx api`` and NOFX's gunicorn config refuse to bind beyond
-loopback then; this app-level rule holds under any server, plain gunicorn included.
+loopback then; this app-level rule holds under any server, plain gunicorn included. A
+loopback client is one that connected from this machine, not through a proxy (a proxy on
+this machine, or on a Unix socket, would otherwise serve the world), and addressed the API
+by a loopback name (otherwise a web page could reach it through DNS rebinding: a name of
+its own, resolved to 127.0.0.1, makes the page's requests same-origin).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import hmac
 import ipaddress
 import logging
 from typing import Any
+from urllib.parse import urlsplit
 
 from apispec import BasePlugin
 from flask import Flask, Response, request
@@ -24,8 +29,11 @@ PUBLIC = {("GET", "/health"), ("HEAD", "/health"), ("GET", "/health/ready"),
           ("HEAD", "/health/ready"), ("GET", "/metrics"), ("HEAD", "/metrics")}
 UNAUTHORIZED = "BearerTokenRequired"
 _MESSAGE = "a valid bearer token is required (Authorization: Bearer <token>)"
-_LOOPBACK_ONLY = ("this API has no NOFX_API_TOKEN, so it serves loopback clients only: "
+_LOOPBACK_ONLY = ("this API has no NOFX_API_TOKEN, so it serves loopback clients only "
+                  "(addressing it as localhost or a loopback address, not through a proxy): "
                   "set NOFX_API_TOKEN (or NOFX_API_ALLOW_OPEN=1 to serve anyone)")
+#: Headers a proxy adds: a request that carries one did not come from this machine's user.
+PROXY_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Real-IP")
 log = logging.getLogger(__name__)
 
 
@@ -50,17 +58,39 @@ def init_app(app: Flask, api: Api) -> None:
         if (request.method, request.path) in PUBLIC:
             return None
         if not tokens:
-            if not loopback_only or is_loopback(request.remote_addr):
+            if not loopback_only or local_request():
                 return None
             if not warned:  # once a process: a scan must not flood the log
                 warned = True
-                log.warning("refused a client beyond loopback (%s): no NOFX_API_TOKEN is set",
-                            request.remote_addr)
+                log.warning("refused a client beyond loopback (%s, Host %r): no NOFX_API_TOKEN "
+                            "is set", request.remote_addr, request.host)
             return error_response(403, _LOOPBACK_ONLY)
         scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() == "bearer" and presented and token_ok(presented.strip(), tokens):
             return None
         return _unauthorized(presented=bool(presented))
+
+
+def local_request() -> bool:
+    """Whether this request comes from this machine, directly, for a loopback name."""
+    if not is_loopback(request.remote_addr):
+        return False
+    if any(name in request.headers for name in PROXY_HEADERS):
+        return False
+    origin = request.headers.get("Origin")
+    return _loopback_name(request.host) and (not origin or _loopback_name(origin))
+
+
+def _loopback_name(where: str) -> bool:
+    """``where`` (a Host header, or an Origin) names this machine: localhost, a name under
+    ``.localhost``, or a loopback address."""
+    try:
+        host = urlsplit(where if "//" in where else f"//{where}").hostname
+    except ValueError:
+        return False
+    if not host:
+        return False
+    return host == "localhost" or host.endswith(".localhost") or is_loopback(host)
 
 
 def is_loopback(address: str | None) -> bool:

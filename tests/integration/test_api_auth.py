@@ -210,15 +210,49 @@ def open_app(**env: str) -> Any:
 def test_with_no_token_a_client_beyond_loopback_gets_a_json_403_and_nothing_is_done(
         services, remote, caplog):
     client = open_app()
-    before = client.get("/runs?limit=200").get_json()["items"]
+    before = run_ids(client)
 
     response = client.post("/runs", json=plan(step("s", "echo")),
                            environ_base={"REMOTE_ADDR": remote})
 
     assert response.status_code == 403 and response.mimetype == "application/json"
     assert "NOFX_API_TOKEN" in response.get_json()["message"]
-    assert client.get("/runs?limit=200").get_json()["items"] == before
+    assert run_ids(client) == before
     assert client.get("/runs", environ_base={"REMOTE_ADDR": remote}).status_code == 403
+
+
+def run_ids(client: Any) -> list[str]:
+    return [run["id"] for run in client.get("/runs?limit=200").get_json()["items"]]
+
+
+@pytest.mark.parametrize("headers", [
+    {"Host": "attacker.example:8000"},  # DNS rebinding: the page's own name, resolved to us
+    {"Host": "127.0.0.1.nip.io"},
+    {"Origin": "http://attacker.example"},
+    {"Origin": "null"},
+    {"X-Forwarded-For": "203.0.113.7"},  # a proxy on this machine, passing the world on
+    {"Forwarded": "for=203.0.113.7"},
+    {"X-Real-IP": "203.0.113.7"},
+], ids=["rebound Host", "rebound Host (nip.io)", "foreign Origin", "opaque Origin",
+        "X-Forwarded-For", "Forwarded", "X-Real-IP"])
+@pytest.mark.parametrize("remote", ["127.0.0.1", ""], ids=["tcp", "unix socket"])
+def test_with_no_token_loopback_is_not_enough_through_a_proxy_or_for_a_foreign_name(
+        services, headers, remote):
+    client = open_app()
+    before = run_ids(client)
+    response = client.post("/runs", json=plan(step("s", "echo")), headers=headers,
+                           environ_base={"REMOTE_ADDR": remote})
+    assert response.status_code == 403 and "loopback" in response.get_json()["message"]
+    assert run_ids(client) == before
+
+
+@pytest.mark.parametrize("headers", [
+    {"Host": "localhost:8000"}, {"Host": "127.0.0.1:8000"}, {"Host": "[::1]:8000"},
+    {"Host": "nofx.localhost"}, {"Host": "127.0.0.1", "Origin": "http://localhost:8000"},
+])
+def test_with_no_token_loopback_names_are_served(services, headers):
+    response = open_app().get("/runs", headers=headers, environ_base={"REMOTE_ADDR": "127.0.0.1"})
+    assert response.status_code == 200
 
 
 @pytest.mark.parametrize("remote", ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"])
