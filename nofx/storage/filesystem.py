@@ -18,7 +18,7 @@ class FileStorage:
 
     def _path(self, key: str) -> Path:
         path = (self.root / key).resolve()
-        if self.root not in path.parents:
+        if ".." in key.split("/") or self.root not in path.parents:
             raise StorageError(f"artifact key escapes the store: {key!r}")
         return path
 

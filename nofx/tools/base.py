@@ -7,12 +7,13 @@ to store.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
 from marshmallow import Schema, ValidationError, validate
 
-from nofx.errors import InvalidInputs
+from nofx.errors import InvalidInputs, PermanentToolError
 from nofx.llm.base import LLM, Completion
 
 
@@ -30,13 +31,36 @@ class Whole(validate.Regexp):
         return value
 
 
+#: A MIME type (``type/subtype``, parameters allowed), printable ASCII only: it becomes the
+#: ``Content-Type`` of the artifact's download.
+CONTENT_TYPE = re.compile(r"[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+(\s*;[\x20-\x7e]*)?")
+
+
 @dataclass(frozen=True)
 class Artifact:
-    """A file a tool produced."""
+    """A file a tool produced.
+
+    Its name becomes the last part of its storage key and of its download's file name, so
+    a tool (an installed plugin, say) cannot pick one that climbs out of its step's place
+    (``..``), or a content type that would break the download's headers: either fails the
+    step, saying why.
+    """
 
     name: str
     data: bytes
     content_type: str = "application/octet-stream"
+
+    def __post_init__(self) -> None:
+        parts = self.name.split("/")
+        if (not self.name or len(self.name) > 255 or not self.name.isprintable()
+                or "\\" in self.name or any(p in ("", ".", "..") for p in parts)):
+            raise PermanentToolError(
+                f"the tool named an artifact {self.name!r}: an artifact name is 1 to 255 "
+                "printable characters, without backslashes or empty, '.' or '..' parts")
+        if not CONTENT_TYPE.fullmatch(self.content_type):
+            raise PermanentToolError(
+                f"the tool gave artifact {self.name!r} the content type {self.content_type!r}, "
+                "which is not a MIME type (type/subtype)")
 
 
 @dataclass

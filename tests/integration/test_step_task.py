@@ -243,6 +243,24 @@ def test_progress_the_database_cannot_take_is_logged_and_the_step_goes_on(
     assert len(events_of(run_id, "llm.usage")) == 1
 
 
+def test_an_artifact_named_to_climb_out_of_its_step_fails_the_step_saying_so(
+        database, monkeypatch):
+    # given a tool (a plugin, say) that names its artifact to land in another run's place
+    from nofx.tools import Artifact, ToolResult
+
+    monkeypatch.setattr(EchoTool, "run", lambda self, inputs, ctx: ToolResult(
+        outputs={}, artifacts=[Artifact("../../../other-run/x", b"x", "text/plain")]))
+    run_id, [step_id] = new_run("echo", max_attempts=3)
+
+    run(run_id, step_id)
+
+    # then the step fails at once, not retried, saying what was wrong
+    row = step_row(step_id)
+    assert (row["status"], row["attempt"]) == ("failed", 1)
+    assert row["error"]["type"] == "PermanentToolError"
+    assert "artifact name" in row["error"]["message"]
+
+
 def test_a_step_interrupted_by_a_signal_meant_for_another_task_runs_again(
         database, monkeypatch, caplog):
     # given a step whose process receives SIGUSR1 meant for the task it ran before (a
