@@ -19,11 +19,20 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 class ApiError(Exception):
     """The API answered with an error (its JSON message is kept)."""
 
-    def __init__(self, status: int, body: Any) -> None:
+    def __init__(self, status: int, body: Any, retry_after: str | None = None) -> None:
         message = body.get("message") if isinstance(body, dict) else str(body)
         super().__init__(f"HTTP {status}: {message}")
         self.status = status
         self.body = body
+        self.retry_after = retry_after  # the Retry-After header, if the answer had one
+
+
+def _retry_after(exc: Exception) -> float | None:
+    """The wait a ``503`` asked for (``Retry-After`` in seconds, at most 30), if any."""
+    try:
+        return min(float(getattr(exc, "retry_after", None) or ""), 30.0)
+    except ValueError:
+        return None
 
 
 class Client:
@@ -44,7 +53,7 @@ class Client:
         except ValueError:
             body = response.text
         if response.status_code >= 400:
-            raise ApiError(response.status_code, body)
+            raise ApiError(response.status_code, body, response.headers.get("Retry-After"))
         return body
 
     def submit(self, plan_body: dict[str, Any], idempotency_key: str | None = None) -> dict:
@@ -113,8 +122,10 @@ class Client:
                read_timeout_s: float = 60.0) -> Iterator[dict]:
         """Follow ``GET /runs/{id}/events/stream`` until the run ends.
 
-        A dropped connection, or a server that stops, is resumed with ``Last-Event-ID``,
-        so each event is yielded once; ``retries`` failed reconnects in a row give up.
+        A dropped connection, a server that stops or ends a long stream, and a server with
+        no stream free (``503``, after its ``Retry-After``) are resumed with
+        ``Last-Event-ID``, so each event is yielded once; ``retries`` failed reconnects in a
+        row give up.
         The server ends the stream after the ``run.finished`` that ends the run, not after
         an earlier attempt's (a retried run), so that is where this ends too.
         """
@@ -126,11 +137,14 @@ class Client:
                     last, failures, fresh = event["id"], 0, True
                     ended = ends_run(event, ended)
                     yield event
-            except (httpx.TransportError, httpx.StreamError):
+            except (httpx.TransportError, httpx.StreamError, ApiError) as exc:
+                if isinstance(exc, ApiError) and exc.status != 503:
+                    raise
                 failures += 1
                 if failures > retries:
                     raise
-                time.sleep(min(0.5 * 2 ** failures, 5.0))
+                asked = _retry_after(exc)
+                time.sleep(asked if asked is not None else min(0.5 * 2 ** failures, 5.0))
                 continue
             # The server closed the stream: after the run's end, or it is stopping.
             if (ended or not fresh) and self.run(run_id)["status"] in TERMINAL:

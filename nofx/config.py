@@ -117,6 +117,8 @@ class Settings:
     max_body_bytes: int = 1_048_576
     sse_poll_s: float = 0.5
     sse_keepalive_s: float = 15.0
+    sse_max_s: float = 900.0
+    sse_max_streams: int = 6
     heartbeat_s: float = 5.0
     progress_every_s: float = 10.0
     stuck_after_s: float = 30.0
@@ -134,6 +136,7 @@ class Settings:
         """Read every setting from ``env`` (default: ``os.environ``)."""
         env = os.environ if env is None else env
         data_dir = Path(env.get("NOFX_DATA_DIR") or "./.nofx").resolve()
+        threads = _int(env, "NOFX_API_THREADS", 8, minimum=1)
         return cls(
             data_dir=data_dir,
             database_url=env.get("NOFX_DATABASE_URL") or f"sqlite:///{data_dir / 'nofx.db'}",
@@ -156,10 +159,12 @@ class Settings:
             api_tokens=tuple(t.strip() for t in env.get("NOFX_API_TOKEN", "").split(",") if t.strip()),
             api_allow_open=_bool(env, "NOFX_API_ALLOW_OPEN", False),
             api_workers=_int(env, "NOFX_API_WORKERS", 2, minimum=1),
-            api_threads=_int(env, "NOFX_API_THREADS", 8, minimum=1),
+            api_threads=threads,
             max_body_bytes=_int(env, "NOFX_MAX_BODY_BYTES", 1_048_576),
             sse_poll_s=_float(env, "NOFX_SSE_POLL_S", 0.5),
             sse_keepalive_s=_float(env, "NOFX_SSE_KEEPALIVE_S", 15.0),
+            sse_max_s=_positive(env, "NOFX_SSE_MAX_S", 900.0),
+            sse_max_streams=_int(env, "NOFX_SSE_MAX_STREAMS", max(1, threads - 2), minimum=1),
             heartbeat_s=_float(env, "NOFX_HEARTBEAT_S", 5.0),
             progress_every_s=_float(env, "NOFX_PROGRESS_EVERY_S", 10.0),
             stuck_after_s=_float(env, "NOFX_STUCK_AFTER_S", 30.0),

@@ -66,5 +66,12 @@ class StorageError(RetryableToolError):
     http_status = 503
 
 
+class Busy(NofxError):
+    """This server is at a limit for now (open event streams): ``503`` with ``Retry-After``."""
+
+    http_status = 503
+    retry_after_s = 5
+
+
 class StepLost(NofxError):
     """The step is no longer ours to run: finished, cancelled, or reaped meanwhile."""

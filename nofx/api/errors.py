@@ -10,7 +10,7 @@ from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
 from nofx.db.engine import UNAVAILABLE
-from nofx.errors import NofxError
+from nofx.errors import Busy, NofxError
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,12 @@ def init_app(app: Flask) -> None:
 
     for kind in UNAVAILABLE:
         app.register_error_handler(kind, _database)
+
+    @app.errorhandler(Busy)
+    def _busy(exc: Busy) -> tuple[Response, int]:
+        response, code = error_response(exc.http_status, exc.message)
+        response.headers["Retry-After"] = str(exc.retry_after_s)
+        return response, code
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> tuple[Response, int]:

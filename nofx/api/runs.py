@@ -99,15 +99,23 @@ class RunEventStream(MethodView):
                               "as JSON; `: keep-alive` comments while nothing happens; the "
                               "stream ends after `run.finished`")
     @blp.alt_response(404, **RUN_NOT_FOUND)
+    @blp.alt_response(503, headers={"Retry-After": {
+        "description": "seconds to wait before asking again", "schema": {"type": "integer"}}},
+        **schemas.error_doc(
+            503, "this server already has 6 open event streams; retry shortly, or read "
+                 "GET /runs/3f0f6bd4-4a55-4c38-9b1c-1b6f7f1f2a10/events",
+            "this server process has `NOFX_SSE_MAX_STREAMS` streams open already"))
     def get(self, args: dict[str, Any], run_id: str, last_event_id: int | None = None) -> Response:
         """Follow a run's events live, from the durable log, until the run has finished.
 
         Resumes after ``Last-Event-ID`` (sent by EventSource on reconnect) or else after
-        ``after``; nothing is lost or repeated across reconnects.
+        ``after``; nothing is lost or repeated across reconnects. A stream lasts at most
+        ``NOFX_SSE_MAX_S`` (then reconnect, as after any drop), and a server process holds
+        at most ``NOFX_SSE_MAX_STREAMS`` at once (``503`` with ``Retry-After`` beyond).
         """
         service.require_run(run_id)
         after = last_event_id if last_event_id is not None else args["after"]
-        return stream.response(run_id, after, _pace())
+        return stream.response(run_id, after, _pace(), get_settings().sse_max_streams)
 
 
 @blp.route("/<string:run_id>/artifacts", parameters=[schemas.run_id_param()])
@@ -145,7 +153,8 @@ class RunRetry(MethodView):
 
 def _pace() -> stream.Pace:
     settings = get_settings()
-    return stream.Pace(poll_s=settings.sse_poll_s, keepalive_s=settings.sse_keepalive_s)
+    return stream.Pace(poll_s=settings.sse_poll_s, keepalive_s=settings.sse_keepalive_s,
+                       max_s=settings.sse_max_s)
 
 
 def encode_cursor(after: tuple[datetime, str] | None) -> str | None:

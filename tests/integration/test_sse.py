@@ -141,7 +141,7 @@ def test_a_stream_of_an_unknown_run_is_a_json_404(api):
 def test_clients_that_go_away_free_their_threads_and_connections(stack_env, logs_dir, worker):
     # given an API with one process of two threads, and a run that will not end soon
     tag = f"nofx-sse-{uuid.uuid4().hex[:8]}"
-    env = dict(stack_env, **FAST, NOFX_API_THREADS="2",
+    env = dict(stack_env, **FAST, NOFX_API_THREADS="2", NOFX_SSE_MAX_STREAMS="2",
                NOFX_DATABASE_URL=tagged_database_url(tag))
     proc, url = start_api(tag, env, logs_dir, workers=1)
     run_id = submit(url, plan(step("long", "sleep", seconds=120)))
@@ -161,6 +161,42 @@ def test_clients_that_go_away_free_their_threads_and_connections(stack_env, logs
                    timeout=10, what="the server to end the ten abandoned streams")
         assert httpx.get(f"{url}/health", timeout=10).status_code == 200
         wait_until(lambda: pg_connections(tag) <= 5, timeout=10, what="pool-sized connections")
+    finally:
+        httpx.post(f"{url}/runs/{run_id}/cancel", timeout=10)
+        proc.stop()
+
+
+def test_streams_past_the_cap_are_a_503_and_each_stream_ends_in_time(
+        stack_env, logs_dir, worker):
+    # given an API process of four threads that keeps at most two for streams, each for 2 s,
+    # and a run that will not end soon
+    tag = f"nofx-sse-{uuid.uuid4().hex[:8]}"
+    env = dict(stack_env, **FAST, NOFX_API_THREADS="4", NOFX_SSE_MAX_STREAMS="2",
+               NOFX_SSE_MAX_S="2")
+    proc, url = start_api(tag, env, logs_dir, workers=1)
+    run_id = submit(url, plan(step("long", "sleep", seconds=120)))
+    path = f"/runs/{run_id}/events/stream"
+    try:
+        with httpx.Client(base_url=url, timeout=httpx.Timeout(10, read=10)) as http:
+            with http.stream("GET", path) as one, http.stream("GET", path) as two:
+                lines = [one.iter_lines(), two.iter_lines()]
+                assert [next(line) for line in lines] == ["retry: 2000"] * 2
+                # when a third client asks for a stream while two are open
+                third = http.get(path)
+                # then it is told, in JSON, to come back, and the process still serves
+                assert third.status_code == 503 and third.headers["Retry-After"] == "5"
+                assert "open event streams" in third.json()["message"]
+                assert http.get("/health").status_code == 200
+                assert http.get(f"/runs/{run_id}/events").status_code == 200
+                # and the open streams end by themselves once their time is up, without
+                # the run's end, so their clients resume as after any drop
+                rest = list(lines[0])
+                assert rest and not any("run.finished" in line for line in rest)
+            wait_until(lambda: proc.log().count("reached NOFX_SSE_MAX_S") >= 2, timeout=10,
+                       what="both streams to reach their time")
+            # and then a stream is served again
+            with http.stream("GET", path) as again:
+                assert next(again.iter_lines()) == "retry: 2000"
     finally:
         httpx.post(f"{url}/runs/{run_id}/cancel", timeout=10)
         proc.stop()

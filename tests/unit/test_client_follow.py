@@ -26,7 +26,9 @@ class FakeApi:
     """An event log and a run status; ``later`` is appended after the first read."""
 
     def __init__(self, first: list[str], status: str, later: list[str] | None = None,
-                 later_status: str | None = None, page_max: int = 1000) -> None:
+                 later_status: str | None = None, page_max: int = 1000,
+                 busy: int = 0) -> None:
+        self.busy = busy  # streams refused (503) before one is served
         self.log: list[dict[str, Any]] = []
         self.page_max = page_max  # the API's own ceiling on ``limit``
         self.status = status
@@ -54,6 +56,9 @@ class FakeApi:
         if path == f"/runs/{RUN}/events":
             after, limit = int(request.url.params["after"]), int(request.url.params["limit"])
             return httpx.Response(200, json={"items": self._read(after, limit)})
+        if path == f"/runs/{RUN}/events/stream" and self.busy:
+            self.busy -= 1
+            return httpx.Response(503, json={"message": "busy"}, headers={"Retry-After": "3"})
         if path == f"/runs/{RUN}/events/stream":
             # One connection serves what is there, then closes: as the server does after the
             # run's end, and as a stopping server does mid-run (the client reconnects).
@@ -123,3 +128,22 @@ def test_stream_of_a_finished_run_ends_after_its_run_finished():
     api = FakeApi(["run.created", "run.started", "run.finished"], "succeeded")
     assert types(list(client_for(api).stream(RUN))) == ["run.created", "run.started",
                                                         "run.finished"]
+
+
+def test_stream_waits_as_a_busy_server_asks_then_follows_to_the_end(
+        monkeypatch: pytest.MonkeyPatch):
+    # given a server with no stream free for the first two connections
+    slept: list[float] = []
+    monkeypatch.setattr(client_module.time, "sleep", slept.append)
+    api = FakeApi(FIRST_ATTEMPT + SECOND_ATTEMPT, "succeeded", busy=2)
+
+    # then the client waits what it was asked to, twice, and then reads the whole run
+    assert types(list(client_for(api).stream(RUN))) == FIRST_ATTEMPT + SECOND_ATTEMPT
+    assert slept == [3.0, 3.0]
+
+
+def test_stream_gives_up_on_a_server_that_stays_busy(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(client_module.time, "sleep", lambda _: None)
+    api = FakeApi(FIRST_ATTEMPT, "running", busy=10)
+    with pytest.raises(client_module.ApiError, match="HTTP 503"):
+        list(client_for(api).stream(RUN, retries=3))

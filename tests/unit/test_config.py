@@ -19,6 +19,11 @@ from nofx.config import ConfigError, Settings, reset_settings
     ({"NOFX_HEARTBEAT_S": "0.5"}, "heartbeat_s", 0.5),
     ({}, "progress_every_s", 10.0),
     ({"NOFX_PROGRESS_EVERY_S": "0"}, "progress_every_s", 0.0),
+    ({}, "sse_max_streams", 6),
+    ({"NOFX_API_THREADS": "32"}, "sse_max_streams", 30),
+    ({"NOFX_API_THREADS": "2"}, "sse_max_streams", 1),
+    ({"NOFX_API_THREADS": "2", "NOFX_SSE_MAX_STREAMS": "2"}, "sse_max_streams", 2),
+    ({}, "sse_max_s", 900.0),
 ])
 def test_a_setting_is_its_variable_or_the_default(env, field, value):
     assert getattr(Settings.from_env(env), field) == value
