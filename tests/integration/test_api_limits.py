@@ -74,12 +74,12 @@ def test_numbers_json_cannot_carry_are_a_422_saying_where(client, value, where):
     # and Postgres' jsonb refuses them), or a number too large for a double
     body = ('{"plan": {"goal": "g", "steps": [{"name": "s", "tool": "echo", '
             f'"inputs": {{"a": {value}}}}}]}}}}')
-    before = client.get("/runs?limit=200").get_json()["items"]
+    before = [r["id"] for r in client.get("/runs?limit=200").get_json()["items"]]
     response = client.post("/runs", data=body, content_type="application/json")
     # then it is refused, saying where, and nothing is stored
     assert response.status_code == 422, response.get_data(as_text=True)
     assert where in response.get_json()["errors"]["json"]
-    assert client.get("/runs?limit=200").get_json()["items"] == before
+    assert [r["id"] for r in client.get("/runs?limit=200").get_json()["items"]] == before
 
 
 @pytest.mark.parametrize(("depth", "code"), [(100, 422), (1_000, 400), (100_000, 400)])

@@ -10,7 +10,7 @@ from nofx.db.engine import transaction
 from nofx.db.migrate import upgrade
 from nofx.db.models import runs, steps
 from tests.support.procs import wait_until
-from tests.support.runs import plan, quiet, step, submit, wait_finished
+from tests.support.runs import plan, quiet, settle, step, submit, wait_finished
 
 
 def totals() -> dict[tuple[str, str], int]:
@@ -41,12 +41,15 @@ def test_a_guarded_transition_that_does_not_happen_counts_nothing(database):
     with transaction() as conn:
         status.create_run(conn, run_id=run_id, goal="g", plan={}, step_rows=[{
             "id": step_id, "index": 0, "name": "s", "tool": "echo", "inputs": {},
-            "max_attempts": 1, "timeout_s": 5.0}])
-    before = totals()
-    with transaction() as conn:
-        assert not status.succeed_step(conn, run_id, step_id, 1, {})  # never claimed
-        assert status.finish_run(conn, run_id) is False
-    assert totals() == before
+            "max_attempts": 1, "timeout_s": 5.0}], dispatched=True)
+    try:
+        before = totals()
+        with transaction() as conn:
+            assert not status.succeed_step(conn, run_id, step_id, 1, {})  # never claimed
+            assert status.finish_run(conn, run_id) is False
+        assert totals() == before
+    finally:
+        settle([run_id])
 
 
 def test_upgrading_an_existing_database_seeds_the_counters_from_its_rows(tmp_path):

@@ -250,7 +250,10 @@ def test_a_held_connection_that_sat_idle_goes_back_and_its_dead_server_is_not_us
 def test_a_block_that_raised_gives_its_connection_back_and_the_next_one_works(held_url):
     from celery.exceptions import SoftTimeLimitExceeded
 
-    # given a time limit that fires while a held connection's statement is running
+    # given a time limit that fires while a held connection's statement is running (the
+    # connection made beforehand, so the limit cannot fire while connecting instead)
+    with engines.held_connection(held_url) as conn:
+        engines.fetch_one_by_driver(conn, "SELECT 1", ())
     with pytest.raises(SoftTimeLimitExceeded), _soft_time_limit_in(0.2):
         with engines.held_connection(held_url) as conn:
             engines.fetch_one_by_driver(conn, "SELECT pg_sleep(2)", ())
@@ -318,7 +321,10 @@ def test_a_time_limit_during_a_statement_in_a_block_comes_out_as_itself(held_url
     from celery.exceptions import SoftTimeLimitExceeded
 
     # then the block raises the time limit, not the failed ROLLBACK of a connection still
-    # busy with the statement (which would record "failed", not "timed_out")
+    # busy with the statement (which would record "failed", not "timed_out"); the pool's
+    # connection is made first, so the limit cannot fire while connecting instead
+    with getattr(engines, block)(held_url) as conn:
+        conn.execute(text("SELECT 1"))
     with pytest.raises(SoftTimeLimitExceeded), _soft_time_limit_in(0.2):
         with getattr(engines, block)(held_url) as conn:
             conn.execute(text("SELECT pg_sleep(2)"))

@@ -6,13 +6,17 @@ import hashlib
 import os
 
 from tests.support.fake_anthropic import Reply
-from tests.support.runs import event_types, plan, seed_body, step, submit, token, wait_finished
+from tests.support.procs import wait_until
+from tests.support.runs import (event_types, plan, quiet, seed_body, step, submit, token,
+                                wait_finished)
 
 
 def test_the_seed_plan_succeeds_with_its_artifact_and_every_event_in_order(
     client, worker, fake_llm
 ):
-    # given the seed's exact plan, and a model that answers with a README
+    # given the seed's exact plan, and a model that answers with a README (scripted once no
+    # earlier test's run is left that could ask the same prompt first)
+    wait_until(quiet, timeout=60, what="earlier tests' runs to finish")
     body = seed_body()
     readme = "# Hello World\n\nThis is a simple Hello World README.\n"
     fake_llm.script("Write a simple Hello World README.md file",

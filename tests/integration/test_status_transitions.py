@@ -7,7 +7,7 @@ goes through ``nofx.status``.
 from __future__ import annotations
 
 import itertools
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pytest
 from sqlalchemy import func, select, update
@@ -17,6 +17,7 @@ from nofx.db.engine import get_engine
 from nofx.db.migrate import upgrade
 from nofx.db.models import events, runs, steps
 from nofx.domain import RUN_TRANSITIONS, STEP_TRANSITIONS, RunStatus, StepStatus
+from tests.support.runs import settle
 
 S = StepStatus
 RUN_STATUS_FOR = {S.QUEUED: RunStatus.QUEUED, S.RUNNING: RunStatus.RUNNING,
@@ -24,24 +25,35 @@ RUN_STATUS_FOR = {S.QUEUED: RunStatus.QUEUED, S.RUNNING: RunStatus.RUNNING,
                   S.TIMED_OUT: RunStatus.FAILED, S.CANCELLED: RunStatus.CANCELLED}
 
 
+#: Runs this test made, ended when it ends: they share the session's database with its beat
+#: and worker (``settle``).
+MADE: list[str] = []
+
+
 @pytest.fixture(params=["sqlite", "postgresql", "postgresql-python"])
-def db_url(request, tmp_path, monkeypatch) -> str:
+def db_url(request, tmp_path, monkeypatch) -> Iterator[str]:
     """SQLite; Postgres with its one-statement paths; Postgres with the Python path only."""
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'status.db'}"
         upgrade(url)
-        return url
+        yield url
+        return
     monkeypatch.setattr(status, "ONE_STATEMENT", request.param == "postgresql")
-    return request.getfixturevalue("database")
+    url = request.getfixturevalue("database")
+    MADE.clear()
+    yield url
+    settle(MADE, url)
 
 
 def make_run(url: str, step_status: StepStatus) -> tuple[str, str]:
-    """A one-step run with its step in ``step_status`` (attempt 1 unless queued)."""
+    """A one-step run with its step in ``step_status`` (attempt 1 unless queued); sent, as
+    far as any reaper can tell (``dispatched``)."""
     run_id, step_id = status.new_id(), status.new_id()
+    MADE.append(run_id)
     with get_engine(url).begin() as conn:
         status.create_run(conn, run_id=run_id, goal="g", plan={}, step_rows=[{
             "id": step_id, "index": 0, "name": "s", "tool": "echo", "inputs": {},
-            "max_attempts": 3, "timeout_s": 30.0}])
+            "max_attempts": 3, "timeout_s": 30.0}], dispatched=True)
         attempt = 0 if step_status == S.QUEUED else 1
         conn.execute(update(steps).where(steps.c.id == step_id).values(
             status=step_status, attempt=attempt,

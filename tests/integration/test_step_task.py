@@ -6,7 +6,7 @@ import logging
 import uuid
 from dataclasses import replace
 from datetime import timedelta
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 from sqlalchemy import select, update
@@ -20,18 +20,31 @@ from nofx.services import execute, reaper
 from nofx.tools.echo import EchoTool
 from nofx.worker.tasks import run_step
 from tests.support.fake_anthropic import Reply
-from tests.support.runs import token
+from tests.support.runs import settle, token
+
+
+MADE: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+def _settled() -> Iterator[None]:
+    """Whatever a test's runs are left doing is ended with it (``settle``)."""
+    MADE.clear()
+    yield
+    settle(MADE)
 
 
 def new_run(*tools: str, inputs: dict[str, Any] | None = None, timeout_s: float = 30.0,
             max_attempts: int = 3) -> tuple[str, list[str]]:
-    """A run written straight to the database (not sent to any worker)."""
+    """A run written straight to the database, run here by ``run`` rather than by any
+    worker (written as sent, so no reaper sends it meanwhile)."""
     run_id, step_ids = status.new_id(), [status.new_id() for _ in tools]
+    MADE.append(run_id)
     with transaction() as conn:
         status.create_run(conn, run_id=run_id, goal="g", plan={}, step_rows=[{
             "id": step_id, "index": i, "name": f"s{i}", "tool": tool, "inputs": inputs or {},
             "max_attempts": max_attempts, "timeout_s": timeout_s}
-            for i, (step_id, tool) in enumerate(zip(step_ids, tools))])
+            for i, (step_id, tool) in enumerate(zip(step_ids, tools))], dispatched=True)
     return run_id, step_ids
 
 

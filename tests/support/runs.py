@@ -71,3 +71,24 @@ def quiet() -> bool:
         return not conn.execute(text(
             "SELECT count(*) FROM runs WHERE status IN ('queued', 'running') "
             "AND dispatched_at IS NOT NULL")).scalar()
+
+
+def settle(run_ids: list[str], url: str | None = None) -> None:
+    """End, directly, whatever of ``run_ids`` a test left queued or running (tear-down, as
+    set-up, writes statuses directly: no events, no counters). Left as they were, a reaper
+    would heal them later (requeue, send, fail), and the session's worker run them, under
+    some later test that counts what moves."""
+    from sqlalchemy import update
+
+    from nofx.db.engine import transaction
+    from nofx.db.models import runs, steps
+
+    if not run_ids:
+        return
+    with transaction(url) as conn:
+        conn.execute(update(steps).where(steps.c.run_id.in_(run_ids),
+                                         steps.c.status.in_(["queued", "running"]))
+                     .values(status="cancelled", due_at=None))
+        conn.execute(update(runs).where(runs.c.id.in_(run_ids),
+                                        runs.c.status.in_(["queued", "running"]))
+                     .values(status="cancelled"))
