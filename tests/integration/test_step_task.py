@@ -274,6 +274,61 @@ def test_an_artifact_named_to_climb_out_of_its_step_fails_the_step_saying_so(
     assert "artifact name" in row["error"]["message"]
 
 
+def test_a_second_delivery_of_a_finished_step_passes_the_chain_on_and_records_nothing(
+        database):
+    run_id, [step_id] = new_run("echo")
+    assert run(run_id, step_id).state == "SUCCESS"
+    recorded = event_types(run_id)
+
+    again = run(run_id, step_id)
+
+    assert again.state == "SUCCESS"  # Celery goes on to the next link
+    assert event_types(run_id) == recorded
+
+
+def test_a_delivery_of_a_step_another_attempt_holds_stops_there(database):
+    run_id, [step_id] = new_run("echo")
+    with transaction() as conn:
+        assert status.claim_step(conn, run_id, step_id, "the-other-delivery")
+    recorded = event_types(run_id)
+
+    assert run(run_id, step_id).state == "IGNORED"
+    assert event_types(run_id) == recorded
+    assert (step_row(step_id)["status"], step_row(step_id)["task_id"]) == (
+        "running", "the-other-delivery")
+
+
+def test_a_step_whose_tool_is_not_installed_fails_at_once_saying_so(database):
+    run_id, [step_id] = new_run("not-installed", max_attempts=3)
+    run(run_id, step_id, tool="not-installed")
+    row = step_row(step_id)
+    assert (row["status"], row["attempt"]) == ("failed", 1)
+    assert "no tool named 'not-installed'" in row["error"]["message"]
+
+
+def test_a_retryable_failure_of_a_cancelled_step_is_not_retried(database, monkeypatch, caplog):
+    # given a tool that fails in a way worth retrying, just after its run was cancelled
+    from nofx.errors import RetryableToolError
+
+    def cancel_then_fail(self: Any, inputs: Any, ctx: Any) -> Any:
+        with transaction() as conn:
+            status.cancel_run(conn, ctx.run_id)
+        raise RetryableToolError("overloaded")
+
+    monkeypatch.setattr(EchoTool, "run", cancel_then_fail)
+    run_id, [step_id] = new_run("echo", max_attempts=3)
+
+    with caplog.at_level(logging.WARNING):
+        run(run_id, step_id)
+
+    # then the step stays cancelled, ended once, and no retry is queued
+    assert step_row(step_id)["status"] == "cancelled"
+    types = event_types(run_id)
+    assert types.count("step.finished") == 1 and "step.retrying" not in types
+    assert any("step failure not recorded" in r.getMessage() and r.run_id == run_id
+               for r in caplog.records)
+
+
 def test_a_step_interrupted_by_a_signal_meant_for_another_task_runs_again(
         database, monkeypatch, caplog):
     # given a step whose process receives SIGUSR1 meant for the task it ran before (a

@@ -135,6 +135,35 @@ def test_a_stuck_step_with_no_attempts_left_fails_with_a_clear_reason(client):
     assert len(kinds(client, run_id, "step.reaped")) == 1
 
 
+def test_a_step_past_its_hard_limit_with_no_attempts_left_ends_timed_out(client):
+    run_id, step_id = _stored_running_step(started_ago_s=60, heartbeat_ago_s=0.1, timeout_s=5,
+                                           max_attempts=1)
+    assert reaper.reap()["failed"] >= 1
+    run = get_run(client, run_id)
+    assert (run["status"], run["steps"][0]["status"]) == ("failed", "timed_out")
+    [reaped] = kinds(client, run_id, "step.reaped")
+    assert (reaped["payload"]["reason"], reaped["payload"]["action"]) == (
+        "hard_time_limit", "failed")
+
+
+def test_a_run_whose_steps_all_succeeded_but_whose_end_was_lost_is_ended_once(client):
+    # given a running run whose only step succeeded, its end never written (a NOFX 0.1
+    # chain's last link lost, or a crash between the two)
+    run_id, step_id = _stored_running_step(started_ago_s=1, heartbeat_ago_s=0.1)
+    with transaction() as conn:
+        conn.execute(update(steps).where(steps.c.id == step_id).values(
+            status="succeeded", ended_at=status.now()))
+
+    # when the reaper ticks, twice
+    first, second = reaper.reap(), reaper.reap()
+
+    # then the first ends the run, once, and the second finds nothing to do
+    assert first["finished"] >= 1 and second["finished"] == 0
+    assert get_run(client, run_id)["status"] == "succeeded"
+    assert [e["payload"] for e in kinds(client, run_id, "run.finished")] == [
+        {"status": "succeeded"}]
+
+
 def test_a_second_reaper_does_nothing_while_the_first_holds_the_lock(client):
     run_id, _ = _stored_running_step(started_ago_s=60, heartbeat_ago_s=50)
     with get_engine().connect() as holder:
