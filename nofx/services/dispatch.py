@@ -103,18 +103,30 @@ def _pending_links(run_id: str) -> list[Link]:
     return [Link(r.id, r.position, r.name, r.tool, r.timeout_s) for r in rows[first:]]
 
 
-def time_limits(timeout_s: float) -> dict[str, float]:
-    """Celery limits for a step: the hard limit is ``timeout_s``; the soft one comes first.
+#: The least time between a step's soft and hard limits. The soft limit interrupts the tool
+#: and the step records ``timed_out``; the hard limit kills the process. A pool that checks
+#: its limits once a second (prefork without an event loop: the embedded broker of
+#: ``nofx dev``) finds both passed at the same check when they are closer, and then kills;
+#: a process killed in that pool can take its shared queue's lock with it and hang the pool.
+MIN_LIMIT_GAP_S = 3.0
 
-    The soft limit leaves the step time to record ``timed_out`` before the hard limit kills
-    the process (then the reaper takes over).
-    """
-    return {"time_limit": timeout_s, "soft_time_limit": soft_limit_s(timeout_s)}
+
+def time_limits(timeout_s: float) -> dict[str, float]:
+    """Celery limits for a step: the soft one (:func:`soft_limit_s`) ends it ``timed_out``;
+    the hard one, ``timeout_s`` or :data:`MIN_LIMIT_GAP_S` after the soft one if that is
+    later, kills a process that ignored it (then the reaper takes over)."""
+    return {"time_limit": hard_limit_s(timeout_s), "soft_time_limit": soft_limit_s(timeout_s)}
 
 
 def soft_limit_s(timeout_s: float) -> float:
     """A step's soft time limit: its ``timeout_s`` less a tenth, at most 30 s less."""
     return timeout_s - min(30.0, timeout_s * 0.1)
+
+
+def hard_limit_s(timeout_s: float) -> float:
+    """A step's hard time limit: ``timeout_s``, and at least :data:`MIN_LIMIT_GAP_S` after
+    its soft limit (a 5 s step: soft 4.5 s, hard 7.5 s)."""
+    return max(timeout_s, soft_limit_s(timeout_s) + MIN_LIMIT_GAP_S)
 
 
 def revoke(run_id: str, task_ids: list[str]) -> None:

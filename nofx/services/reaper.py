@@ -91,7 +91,8 @@ def completed_query() -> Select:
 
 def _stuck_reason(row: Any, settings: Settings, at: datetime, silent_since: datetime) -> str | None:
     if row["started_at"] is not None:
-        deadline = row["started_at"] + timedelta(seconds=row["timeout_s"] + settings.hard_limit_grace_s)
+        limit = dispatch.hard_limit_s(row["timeout_s"])
+        deadline = row["started_at"] + timedelta(seconds=limit + settings.hard_limit_grace_s)
         if at > deadline:
             return HARD_LIMIT
     last = row["heartbeat_at"] or row["started_at"]
