@@ -44,7 +44,12 @@ def dev(plan_path: str | None, exit_after: bool, concurrency: int) -> None:
     With no configuration this needs no servers: SQLite, a filesystem broker and
     filesystem artifacts under NOFX_DATA_DIR (./.nofx), and an offline LLM. Set NOFX_*
     variables to use Postgres, Redis/RabbitMQ, S3 and Anthropic instead.
-    Logs go to NOFX_DATA_DIR/logs/. Stop with Ctrl-C.
+    Logs go to NOFX_DATA_DIR/logs/. The API listens on NOFX_API_HOST:NOFX_API_PORT
+    (127.0.0.1:8000) and the worker's metrics on NOFX_WORKER_METRICS_PORT (9546; 0 turns
+    them off): set them to run a second NOFX beside this one.
+
+    Stop with Ctrl-C: running steps get up to 20 s to finish; Ctrl-C again stops
+    everything at once. Nothing is left running either way.
     """
     from nofx.devserver import DevServer
 

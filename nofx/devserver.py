@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import IO
@@ -16,7 +17,16 @@ import click
 from nofx.config import Settings, get_settings
 
 READY_TIMEOUT_S = 60.0
+#: How long Ctrl-C waits for the children to stop by themselves before killing them.
+STOP_TIMEOUT_S = 20.0
 
+
+def _signal_group(child: subprocess.Popen[bytes], sig: int) -> None:
+    """Signal the child's process group (its session: it and everything it started)."""
+    try:
+        os.killpg(child.pid, sig)
+    except ProcessLookupError:
+        pass  # already gone, pool processes and all
 
 class DevServer:
     """Starts and watches the children; stops them all when one dies or on Ctrl-C."""
@@ -151,14 +161,27 @@ class DevServer:
             time.sleep(0.5)
 
     def stop(self) -> None:
-        """SIGTERM every child (a running step gets its soft-shutdown time), then SIGKILL."""
-        for child in self.children.values():
-            if child.poll() is None:
-                os.killpg(child.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 20
-        for child in self.children.values():
-            try:
-                child.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(child.pid, signal.SIGKILL)
+        """SIGTERM every child (the worker finishes the steps it is running, the API the
+        requests it is serving), SIGKILL whatever is left after ``STOP_TIMEOUT_S``, or at
+        once on a second Ctrl-C. No child outlives ``nofx dev``."""
+        running = {name: c for name, c in self.children.items() if c.poll() is None}
+        if not running:
+            return
+        # A second Ctrl-C only cuts the wait short: raised in here, it would leave children.
+        again = threading.Event()
+        previous = signal.signal(signal.SIGINT, lambda *_: again.set())
+        try:
+            click.echo(f"stopping NOFX ({', '.join(running)}); Ctrl-C again stops it at once",
+                       err=True)
+            for child in running.values():
+                _signal_group(child, signal.SIGTERM)
+            deadline = time.monotonic() + STOP_TIMEOUT_S
+            while (time.monotonic() < deadline and not again.is_set()
+                   and any(c.poll() is None for c in running.values())):
+                time.sleep(0.1)
+        finally:
+            for child in running.values():
+                _signal_group(child, signal.SIGKILL)  # the group: pool processes too
                 child.wait()
+            signal.signal(signal.SIGINT, previous)
+        click.echo("NOFX stopped.", err=True)
