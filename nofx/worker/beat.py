@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from celery.beat import PersistentScheduler, ScheduleEntry
@@ -31,6 +32,13 @@ class Scheduler(PersistentScheduler):
         self._reaping: threading.Thread | None = None
         self._reaping_since = 0.0
         super().__init__(*args, **kwargs)
+
+    def setup_schedule(self) -> None:
+        # The schedule file lives in NOFX_DATA_DIR, which a beat on its own host (no
+        # embedded broker, artifacts in S3) may be the first to use: make it, or the shelve
+        # cannot be opened and beat exits.
+        Path(self.schedule_filename).parent.mkdir(parents=True, exist_ok=True)
+        super().setup_schedule()
 
     def apply_entry(self, entry: ScheduleEntry, producer: Any = None) -> None:
         if entry.task != REAP_TASK:

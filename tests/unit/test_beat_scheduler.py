@@ -93,3 +93,17 @@ def test_the_project_configuration_makes_beat_use_it():
 
     assert celeryconfig.beat_scheduler == "nofx.worker.beat:Scheduler"
     assert {e["task"] for e in celeryconfig.beat_schedule.values()} == {beat.REAP_TASK}
+
+
+def test_beat_makes_the_folder_its_schedule_lives_in(tmp_path: Path):
+    # given a data folder nothing has made yet (beat on a host of its own, artifacts in S3)
+    schedule = tmp_path / "not-yet" / "data" / "celerybeat-schedule"
+    app = Celery("beat-test", broker="memory://")
+
+    # when beat opens its schedule, then it can, and keeps it there
+    made = beat.Scheduler(app=app, schedule_filename=str(schedule))
+    try:
+        assert schedule.parent.is_dir()
+        assert list(schedule.parent.glob("celerybeat-schedule*"))
+    finally:
+        made.close()
