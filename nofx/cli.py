@@ -16,7 +16,27 @@ from nofx import __version__
 EXAMPLE = "examples/hello-readme.json"
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Nofx(click.Group):
+    """The ``nofx`` group: a bad setting or an unreachable database is one line naming it,
+    not a traceback (the processes' own logs keep the details)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from nofx.config import ConfigError
+
+        try:
+            return super().invoke(ctx)
+        except ConfigError as exc:
+            raise click.ClickException(f"configuration: {exc}") from None
+        except SQLAlchemyError as exc:
+            raise click.ClickException(
+                f"database {_configured_database()}: "
+                f"{getattr(exc, 'orig', None) or exc}".splitlines()[0]) from None
+
+
+@click.group(cls=_Nofx,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="nofx")
 def main() -> None:
     """NOFX: submit plans of AI steps, run them on Celery, watch every transition.
@@ -145,7 +165,45 @@ def reap() -> None:
     settings = get_settings()
     click.echo(f"reaping {_safe_url(settings.database_url)} "
                f"(broker {_safe_url(settings.broker_url)})", err=True)
+    _require_schema(settings.database_url)
     click.echo(json.dumps(reap_now()))
+
+
+def _require_schema(url: str) -> None:
+    """Stop, saying why, unless ``url`` holds NOFX's schema: a mistyped or forgotten
+    NOFX_DATABASE_URL must not create an empty SQLite file and fail on it."""
+    from nofx.db.engine import get_engine
+    from nofx.db.migrate import revision
+
+    if _sqlite_file_missing(url):
+        raise click.ClickException(
+            f"no database at {url}: set NOFX_DATABASE_URL to NOFX's database "
+            "(or run `nofx db upgrade` to make this one)")
+    with get_engine(url).connect() as conn:
+        found = revision(conn)
+    if found is None:
+        raise click.ClickException(
+            f"the database at {_safe_url(url)} has no NOFX schema: set NOFX_DATABASE_URL to "
+            "NOFX's database (or run `nofx db upgrade` to make this one)")
+
+
+def _sqlite_file_missing(url: str) -> bool:
+    """Whether ``url`` is a SQLite file that does not exist (connecting would make it)."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    return (parsed.get_backend_name() == "sqlite"
+            and parsed.database not in (None, "", ":memory:")
+            and not Path(parsed.database).exists())
+
+
+def _configured_database() -> str:
+    try:
+        from nofx.config import get_settings
+
+        return _safe_url(get_settings().database_url)
+    except Exception:  # the settings themselves may be what failed
+        return os.environ.get("NOFX_DATABASE_URL", "(NOFX_DATABASE_URL)")
 
 
 # -- database ------------------------------------------------------------------------------
@@ -174,10 +232,21 @@ def upgrade(revision: str) -> None:
 
 @db.command()
 def current() -> None:
-    """Show the schema's revision."""
-    from nofx.db.migrate import current as show
+    """Show the schema's revision (or say there is none yet)."""
+    from nofx.config import get_settings
+    from nofx.db.engine import get_engine
+    from nofx.db.migrate import head, revision
 
-    show()
+    url = get_settings().database_url
+    found = None
+    if not _sqlite_file_missing(url):
+        with get_engine(url).connect() as conn:
+            found = revision(conn)
+    if found is None:
+        click.echo(f"database at {_safe_url(url)} has no NOFX schema yet: run `nofx db upgrade`")
+    else:
+        latest = " (head)" if found == head() else f" (this NOFX's head: {head()})"
+        click.echo(f"database at {_safe_url(url)} is at revision {found}{latest}")
 
 
 def _safe_url(url: str) -> str:

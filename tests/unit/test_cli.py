@@ -80,3 +80,73 @@ def test_a_progress_event_reads_as_how_far_the_step_has_got():
              "2026-12-06T19:40:01.250000+00:00",
              "payload": {"attempt": 2, "elapsed_s": 20.1, "llm_chars": 5321}}
     assert cli.describe_event(event) == "  19:40:01.250 step.progress [01234567] 20.1s llm_chars=5321"
+
+
+@pytest.fixture()
+def env(monkeypatch):
+    """Set NOFX_* variables for one invocation; the cached settings follow them."""
+    from nofx.config import reset_settings
+    from nofx.db.engine import dispose_engines
+
+    def setting(**values: str | None) -> None:
+        for name, value in values.items():
+            if value is None:
+                monkeypatch.delenv(name, raising=False)
+            else:
+                monkeypatch.setenv(name, value)
+        reset_settings()
+
+    yield setting
+    monkeypatch.undo()
+    reset_settings()
+    dispose_engines()
+
+
+def test_reap_on_a_database_that_is_not_there_says_so_and_makes_none(tmp_path, env):
+    missing = tmp_path / "no" / "nofx.db"
+    env(NOFX_DATABASE_URL=f"sqlite:///{missing}")
+
+    result = CliRunner().invoke(cli.main, ["reap"])
+
+    assert result.exit_code == 1
+    assert f"no database at sqlite:///{missing}" in result.output
+    assert "Traceback" not in result.output and not missing.parent.exists()
+
+
+def test_reap_on_a_database_without_nofx_schema_says_so(tmp_path, env):
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    env(NOFX_DATABASE_URL=f"sqlite:///{empty}")
+    result = CliRunner().invoke(cli.main, ["reap"])
+    assert result.exit_code == 1 and "has no NOFX schema" in result.output
+
+
+def test_a_bad_setting_is_one_line_naming_it(env):
+    env(NOFX_API_PORT="abc")
+    result = CliRunner().invoke(cli.main, ["reap"])
+    assert result.exit_code == 1
+    assert result.output.strip().endswith(
+        "Error: configuration: NOFX_API_PORT must be a whole number, got 'abc'")
+    assert "Traceback" not in result.output
+
+
+def test_an_unreachable_database_is_one_line_naming_it(env):
+    env(NOFX_DATABASE_URL=f"postgresql+psycopg://nobody:secret@127.0.0.1:{free_port()}/nofx")
+    result = CliRunner().invoke(cli.main, ["db", "current"])
+    assert result.exit_code == 1
+    [line] = result.output.strip().splitlines()
+    assert line.startswith("Error: database postgresql+psycopg://nobody:***@127.0.0.1:")
+    assert "secret" not in line
+
+
+def test_db_current_before_and_after_upgrade_into_a_fresh_data_dir(tmp_path, env):
+    env(NOFX_DATA_DIR=str(tmp_path / "fresh" / "data"), NOFX_DATABASE_URL=None)
+    from nofx.db.migrate import head
+
+    before = CliRunner().invoke(cli.main, ["db", "current"])
+    assert before.exit_code == 0 and "has no NOFX schema yet: run `nofx db upgrade`" in before.output
+    assert not (tmp_path / "fresh").exists()  # asking made nothing
+
+    assert CliRunner().invoke(cli.main, ["db", "upgrade"]).exit_code == 0
+    after = CliRunner().invoke(cli.main, ["db", "current"])
+    assert after.output.strip().endswith(f"is at revision {head()} (head)")
