@@ -91,14 +91,26 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """Human-friendly lines for a terminal (``NOFX_LOG_FORMAT=text``)."""
+    """Lines for people at a terminal (``NOFX_LOG_FORMAT=text``): the same facts as a JSON
+    line, as ``time L logger: message key=value ...`` (local time, to the millisecond)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        ids = " ".join(f"{k}={v}" for k, v in _context.get({}).items())
-        base = f"{record.levelname[0]} {record.name}: {record.getMessage()}"
+        at = datetime.fromtimestamp(record.created).astimezone()
+        fields = {**_context.get({}),
+                  **{k: v for k, v in vars(record).items() if k not in _STANDARD}}
+        pairs = " ".join(f"{k}={_text(v)}" for k, v in fields.items())
+        line = (f"{at:%Y-%m-%d %H:%M:%S}.{at.microsecond // 1000:03d} {record.levelname[0]} "
+                f"{record.name}: {record.getMessage()} {pairs}").rstrip()
         if record.exc_info:
-            base += "\n" + self.formatException(record.exc_info)
-        return redact(f"{base} {ids}".rstrip())
+            line += "\n" + self.formatException(record.exc_info)
+        return redact(line)
+
+
+def _text(value: Any) -> str:
+    """A field's value for a text line: as is, or as JSON when it has spaces or structure."""
+    if isinstance(value, str) and value and not any(c.isspace() for c in value):
+        return value
+    return json.dumps(value, default=str, ensure_ascii=False)
 
 
 def formatter(component: str) -> logging.Formatter:
