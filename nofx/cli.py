@@ -27,6 +27,11 @@ class _Nofx(click.Group):
 
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:
+            # The reader stopped (`nofx runs events ID | head`): as for any Unix filter,
+            # that is no error. Python would report it again flushing stdout at exit.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise SystemExit(0) from None
         except ConfigError as exc:
             raise click.ClickException(f"configuration: {exc}") from None
         except SQLAlchemyError as exc:
@@ -124,7 +129,8 @@ def worker(ctx: click.Context) -> None:
 
     The same as `celery -A nofx.worker worker --pool prefork -l INFO`: the worker itself
     sets up its metrics directory (under PROMETHEUS_MULTIPROC_DIR, or a temp dir) and
-    endpoint. Extra arguments go to `celery worker`, e.g. `nofx worker -c 4 -B`.
+    endpoint. Extra arguments go to `celery worker`, e.g. `nofx worker -c 4 -B`; its own
+    options are listed by `celery -A nofx.worker worker --help`.
     """
     os.execvp(sys.executable, [sys.executable, "-m", "celery", "-A", "nofx.worker", "worker",
                                "--pool", "prefork", "-l", "INFO", *ctx.args])
@@ -294,9 +300,10 @@ def _api_errors() -> Iterator[None]:
             where = ""
         raise click.ClickException(
             f"cannot reach the NOFX API{where} ({type(exc).__name__}: {exc}). Is it running "
-            "(nofx dev, nofx api)? Point at it with --api-url or NOFX_API_URL.") from exc
-    except (click.ClickException, TimeoutError):  # already clear; a wait's own deadline
-        raise
+            "(nofx dev, nofx api)? Point at it with `nofx runs --api-url URL ...` or "
+            "NOFX_API_URL.") from exc
+    except (click.ClickException, TimeoutError, BrokenPipeError):
+        raise  # already clear; a wait's own deadline; a reader that stopped (`| head`)
     except Exception as exc:  # anything else: say what, not how
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
 

@@ -23,7 +23,7 @@ def test_an_api_that_cannot_be_reached_is_one_clear_line_naming_it():
 
     assert result.exit_code == 1
     assert f"cannot reach the NOFX API at {url}/" in result.output
-    assert "--api-url or NOFX_API_URL" in result.output
+    assert "`nofx runs --api-url URL ...` or NOFX_API_URL" in result.output
     assert "Traceback" not in result.output
 
 
@@ -150,3 +150,47 @@ def test_db_current_before_and_after_upgrade_into_a_fresh_data_dir(tmp_path, env
     assert CliRunner().invoke(cli.main, ["db", "upgrade"]).exit_code == 0
     after = CliRunner().invoke(cli.main, ["db", "current"])
     assert after.output.strip().endswith(f"is at revision {head()} (head)")
+
+
+def test_a_reader_that_stops_early_is_no_error(tmp_path):
+    # given an API with a long event log, and `nofx runs events` piped into a reader that
+    # takes one line and goes (`| head -1`)
+    import json as json_module
+    import subprocess
+    import sys
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    log = [{"id": i, "run_id": RUN, "step_id": None, "type": "x", "payload": {},
+            "created_at": "2026-12-06T00:00:00.000000+00:00"} for i in range(1, 5001)]
+
+    class Api(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            query = httpx.URL(self.path).params
+            after, limit = int(query.get("after", 0)), int(query.get("limit", 1000))
+            body = json_module.dumps(
+                {"items": [e for e in log if e["id"] > after][:limit]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Api)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from nofx.cli import main; main()", "runs", "--api-url",
+             f"http://127.0.0.1:{server.server_address[1]}", "events", RUN, "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert proc.stdout is not None and json_module.loads(proc.stdout.readline())["id"] == 1
+        proc.stdout.close()  # the reader goes
+        _, err = proc.communicate(timeout=30)
+    finally:
+        server.shutdown()
+    # then the command ends quietly, as a Unix filter does
+    assert proc.returncode == 0, err
+    assert b"Error" not in err and b"Traceback" not in err, err
