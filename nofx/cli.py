@@ -209,7 +209,7 @@ def _configured_database() -> str:
 
         return _safe_url(get_settings().database_url)
     except Exception:  # the settings themselves may be what failed
-        return os.environ.get("NOFX_DATABASE_URL", "(NOFX_DATABASE_URL)")
+        return "at NOFX_DATABASE_URL"
 
 
 # -- database ------------------------------------------------------------------------------
