@@ -11,6 +11,7 @@ import math
 from typing import Any, Callable
 
 import anthropic
+from celery.exceptions import SoftTimeLimitExceeded
 
 from nofx.errors import PermanentToolError, RetryableToolError
 from nofx.llm.base import Completion
@@ -47,7 +48,9 @@ class AnthropicLLM:
         on_progress: Callable[[int], None] | None = None,
     ) -> Completion:
         """One streamed Messages API call; ``on_progress`` hears the characters received so
-        far as they arrive. Errors come back as retryable or permanent tool errors."""
+        far as they arrive. Errors come back as retryable or permanent tool errors; a time
+        limit (``SoftTimeLimitExceeded``) and anything ``on_progress`` raises, as themselves."""
+        message, chars, failed = None, 0, None
         try:
             with self.client.messages.stream(
                 model=model,
@@ -55,30 +58,57 @@ class AnthropicLLM:
                 messages=[{"role": "user", "content": prompt}],
                 system=system if system else anthropic.omit,
             ) as stream:
-                message, chars = None, 0
                 for event in stream:
                     if event.type == "text":
                         chars += len(event.text)
                         if on_progress is not None:
-                            on_progress(chars)
+                            try:
+                                on_progress(chars)
+                            except Exception as exc:  # ours, not the API's: not classified
+                                failed = exc
+                                break
                     elif event.type == "message_stop":
                         message = event.message
-        except anthropic.APIStatusError as exc:
-            raise _status_error(exc) from exc
-        except anthropic.APITimeoutError as exc:  # (a kind of APIConnectionError)
-            raise RetryableToolError(f"Anthropic API timed out: nothing received for "
-                                     f"{self.timeout_s:g}s") from exc
-        except anthropic.APIConnectionError as exc:
-            raise RetryableToolError(f"Anthropic API unreachable: {exc}") from exc
-        except (anthropic.APIResponseValidationError, ValueError, LookupError, TypeError,
-                AttributeError, RuntimeError) as exc:
-            # A body that is not the event stream the SDK expects (bad JSON is a ValueError;
-            # events out of order fail the SDK's accumulation in other ways).
-            raise RetryableToolError(f"Anthropic API answered malformed data: {exc!r}") from exc
+        except (anthropic.AnthropicError, ValueError, LookupError, TypeError, AttributeError,
+                RuntimeError) as exc:
+            interrupted = _interruption(exc)
+            if interrupted is not None:
+                raise interrupted from None
+            raise self._tool_error(exc) from exc
+        if failed is not None:
+            raise failed
         if message is None:
             raise RetryableToolError("Anthropic API's answer ended before it was complete "
                                      f"({chars} characters received, no message_stop)")
         return _completion(message, model)
+
+    def _tool_error(self, exc: Exception) -> Exception:
+        """What an error of the SDK's, or of the stream it read, means for the step."""
+        if isinstance(exc, anthropic.APIStatusError):
+            return _status_error(exc)
+        if isinstance(exc, anthropic.APITimeoutError):  # (a kind of APIConnectionError)
+            return RetryableToolError(f"Anthropic API timed out: nothing received for "
+                                      f"{self.timeout_s:g}s")
+        if isinstance(exc, anthropic.APIConnectionError):
+            return RetryableToolError(f"Anthropic API unreachable: {exc}")
+        # A body that is not the event stream the SDK expects (bad JSON is a ValueError;
+        # events out of order fail the SDK's accumulation in other ways).
+        return RetryableToolError(f"Anthropic API answered malformed data: {exc!r}")
+
+
+def _interruption(exc: BaseException) -> SoftTimeLimitExceeded | None:
+    """The step's time limit, if that is what ``exc`` is, or wraps: the SDK turns anything
+    raised while it reads (the limit's signal arrives there, mostly) into a connection
+    error, and a time limit must end the step ``timed_out``, not be retried as a network
+    failure."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, SoftTimeLimitExceeded):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _status_error(exc: anthropic.APIStatusError) -> Exception:

@@ -10,6 +10,7 @@ from nofx.llm.base import Completion
 from nofx.tools.base import ToolContext
 from nofx.tools.codegen import CodegenTool
 from tests.support.fake_anthropic import Reply
+from tests.support.limits import soft_time_limit_in
 from tests.support.runs import token
 
 
@@ -137,3 +138,30 @@ def test_an_answer_cut_short_by_max_tokens_says_so(fake_llm):
     whole = run_codegen({"prompt": marker}, [])
     assert (cut.outputs["truncated"], cut.outputs["stop_reason"]) == (True, "max_tokens")
     assert (whole.outputs["truncated"], whole.outputs["stop_reason"]) == (False, "end_turn")
+
+
+def test_a_time_limit_while_the_answer_streams_in_comes_out_as_itself(fake_llm):
+    # given an answer whose next part is slow, and the step's soft time limit firing while
+    # the SDK waits for it (the SDK wraps whatever is raised there as a connection error)
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    marker = token()
+    fake_llm.script(marker, [Reply(text="abcdef", chunks=3, chunk_delay_s=2.0)])
+    # then the step sees its time limit, to end timed out, not a network error to retry
+    with pytest.raises(SoftTimeLimitExceeded), soft_time_limit_in(0.5):
+        run_codegen({"prompt": marker}, [])
+
+
+def test_a_failing_progress_callback_is_its_own_error_not_the_apis(fake_llm):
+    marker = token()
+    fake_llm.script(marker, [Reply(text="abcdef", chunks=3)])
+
+    def broken(progress: dict) -> None:
+        raise TypeError("a bug in whoever keeps the progress")
+
+    tool = CodegenTool()
+    ctx = ToolContext(run_id="r", step_id="s", attempt=1, llm_client=AnthropicLLM(timeout_s=5),
+                      default_model="claude-sonnet-4-5", default_max_tokens=64,
+                      on_progress=broken)
+    with pytest.raises(TypeError, match="a bug in whoever keeps the progress"):
+        tool.run(tool.validate({"prompt": marker}), ctx)

@@ -4,15 +4,13 @@ connection found by a statement sent through the driver leaves the pool."""
 from __future__ import annotations
 
 import os
-import signal
 import time
-from contextlib import contextmanager
-from typing import Iterator
 
 import pytest
 from sqlalchemy import create_engine, exc, text
 
 from nofx.db import engine as engines
+from tests.support.limits import soft_time_limit_in
 
 
 def test_a_connection_the_server_closed_while_idle_is_replaced_not_handed_out(database,
@@ -49,24 +47,6 @@ def test_a_connection_just_opened_is_not_pinged_before_its_first_statement(datab
     # then nothing was pinged: a connection opened a moment ago is alive
     assert pings == []
     pool.dispose()
-
-
-@contextmanager
-def _soft_time_limit_in(seconds: float) -> Iterator[None]:
-    """Raise Celery's SoftTimeLimitExceeded from a signal handler ``seconds`` into the block,
-    wherever the code then is (as a prefork child's soft time limit does)."""
-    from celery.exceptions import SoftTimeLimitExceeded
-
-    def _limit(signum: int, frame: object) -> None:
-        raise SoftTimeLimitExceeded()
-
-    previous = signal.signal(signal.SIGALRM, _limit)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def _terminate(database: str, pids: list[int]) -> None:
@@ -139,7 +119,7 @@ def test_a_time_limit_raised_while_the_driver_waits_comes_out_as_itself(database
             conn = conn.execution_options(isolation_level="AUTOCOMMIT")
             # then it is not wrapped in SQLAlchemy's StatementError: the task's handler for
             # time limits still sees it
-            with pytest.raises(SoftTimeLimitExceeded), _soft_time_limit_in(0.2):
+            with pytest.raises(SoftTimeLimitExceeded), soft_time_limit_in(0.2):
                 engines.fetch_one_by_driver(conn, "SELECT pg_sleep(5)", ())
             conn.invalidate()  # the interrupted statement's connection is not reused
     finally:
@@ -254,7 +234,7 @@ def test_a_block_that_raised_gives_its_connection_back_and_the_next_one_works(he
     # connection made beforehand, so the limit cannot fire while connecting instead)
     with engines.held_connection(held_url) as conn:
         engines.fetch_one_by_driver(conn, "SELECT 1", ())
-    with pytest.raises(SoftTimeLimitExceeded), _soft_time_limit_in(0.2):
+    with pytest.raises(SoftTimeLimitExceeded), soft_time_limit_in(0.2):
         with engines.held_connection(held_url) as conn:
             engines.fetch_one_by_driver(conn, "SELECT pg_sleep(2)", ())
 
@@ -325,7 +305,7 @@ def test_a_time_limit_during_a_statement_in_a_block_comes_out_as_itself(held_url
     # connection is made first, so the limit cannot fire while connecting instead
     with getattr(engines, block)(held_url) as conn:
         conn.execute(text("SELECT 1"))
-    with pytest.raises(SoftTimeLimitExceeded), _soft_time_limit_in(0.2):
+    with pytest.raises(SoftTimeLimitExceeded), soft_time_limit_in(0.2):
         with getattr(engines, block)(held_url) as conn:
             conn.execute(text("SELECT pg_sleep(2)"))
 
