@@ -33,7 +33,7 @@ class Whole(validate.Regexp):
 
 #: A MIME type (``type/subtype``, parameters allowed), printable ASCII only: it becomes the
 #: ``Content-Type`` of the artifact's download.
-CONTENT_TYPE = re.compile(r"[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+(\s*;[\x20-\x7e]*)?")
+CONTENT_TYPE = re.compile(r"[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+([ \t]*;[\x20-\x7e]*)?")
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,8 @@ def test_a_mime_type_is_a_content_type(content_type):
 
 
 @pytest.mark.parametrize("content_type", [
-    "text/html\r\nSet-Cookie: x=1", "html", "", "text/ html", "text/plain; é",
+    "text/html\r\nSet-Cookie: x=1", "text/plain\n; x=1", "text/plain\r\n; charset=utf-8",
+    "text/plain\u2028; x=1", "html", "", "text/ html", "text/plain; é",
 ])
 def test_anything_else_is_refused_as_a_content_type(content_type):
     with pytest.raises(PermanentToolError, match="not a MIME type"):
