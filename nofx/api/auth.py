@@ -4,10 +4,12 @@
 With no token the API is open, so it serves loopback clients only (unless
 ``NOFX_API_ALLOW_OPEN``). ``nofx api`` and NOFX's gunicorn config refuse to bind beyond
 loopback then; this app-level rule holds under any server, plain gunicorn included. A
-loopback client is one that connected from this machine, not through a proxy (a proxy on
-this machine, or on a Unix socket, would otherwise serve the world), and addressed the API
-by a loopback name (otherwise a web page could reach it through DNS rebinding: a name of
-its own, resolved to 127.0.0.1, makes the page's requests same-origin).
+loopback client is one that connected from this machine, with no sign of a proxy (a proxy
+on this machine, or on a Unix socket, would otherwise serve the world), and addressed the
+API by a loopback name (otherwise a web page could reach it through DNS rebinding: a name
+of its own, resolved to 127.0.0.1, makes the page's requests same-origin). A proxy that
+adds no forwarding header (nginx's ``proxy_pass`` adds none by default) cannot be told from
+a local client: behind any proxy, set a token.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ _LOOPBACK_ONLY = ("this API has no NOFX_API_TOKEN, so it serves loopback clients
                   "(addressing it as localhost or a loopback address, not through a proxy): "
                   "set NOFX_API_TOKEN (or NOFX_API_ALLOW_OPEN=1 to serve anyone)")
 #: Headers a proxy adds: a request that carries one did not come from this machine's user.
-PROXY_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Real-IP")
+PROXY_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Real-IP", "Via")
 log = logging.getLogger(__name__)
 
 

@@ -233,8 +233,9 @@ def run_ids(client: Any) -> list[str]:
     {"X-Forwarded-For": "203.0.113.7"},  # a proxy on this machine, passing the world on
     {"Forwarded": "for=203.0.113.7"},
     {"X-Real-IP": "203.0.113.7"},
+    {"Via": "1.1 proxy.example"},
 ], ids=["rebound Host", "rebound Host (nip.io)", "foreign Origin", "opaque Origin",
-        "X-Forwarded-For", "Forwarded", "X-Real-IP"])
+        "X-Forwarded-For", "Forwarded", "X-Real-IP", "Via"])
 @pytest.mark.parametrize("remote", ["127.0.0.1", ""], ids=["tcp", "unix socket"])
 def test_with_no_token_loopback_is_not_enough_through_a_proxy_or_for_a_foreign_name(
         services, headers, remote):
