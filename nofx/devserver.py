@@ -174,7 +174,13 @@ class DevServer:
             click.echo(f"stopping NOFX ({', '.join(running)}); Ctrl-C again stops it at once",
                        err=True)
             for child in running.values():
-                _signal_group(child, signal.SIGTERM)
+                # The main process only: it stops its own (the worker lets its pool finish
+                # the running steps; gunicorn its workers the requests). Signalled too, the
+                # pool processes would stop at once, mid-step.
+                try:
+                    os.kill(child.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
             deadline = time.monotonic() + STOP_TIMEOUT_S
             while (time.monotonic() < deadline and not again.is_set()
                    and any(c.poll() is None for c in running.values())):
