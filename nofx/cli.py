@@ -179,7 +179,7 @@ def _require_schema(url: str) -> None:
     """Stop, saying why, unless ``url`` holds NOFX's schema: a mistyped or forgotten
     NOFX_DATABASE_URL must not create an empty SQLite file and fail on it."""
     from nofx.db.engine import get_engine
-    from nofx.db.migrate import revision
+    from nofx.db.migrate import revision, schema_problem
 
     if _sqlite_file_missing(url):
         raise click.ClickException(
@@ -191,6 +191,9 @@ def _require_schema(url: str) -> None:
         raise click.ClickException(
             f"the database at {_safe_url(url)} has no NOFX schema: set NOFX_DATABASE_URL to "
             "NOFX's database (or run `nofx db upgrade` to make this one)")
+    problem = schema_problem(found)
+    if problem:
+        raise click.ClickException(f"the database at {_safe_url(url)}: {problem}")
 
 
 def _sqlite_file_missing(url: str) -> bool:

@@ -99,8 +99,9 @@ class TextFormatter(logging.Formatter):
         fields = {**_context.get({}),
                   **{k: v for k, v in vars(record).items() if k not in _STANDARD}}
         pairs = " ".join(f"{k}={_text(v)}" for k, v in fields.items())
+        message = record.getMessage().replace("\r", "\\r").replace("\n", "\\n")  # one line
         line = (f"{at:%Y-%m-%d %H:%M:%S}.{at.microsecond // 1000:03d} {record.levelname[0]} "
-                f"{record.name}: {record.getMessage()} {pairs}").rstrip()
+                f"{record.name}: {message} pid={record.process} {pairs}").rstrip()
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return redact(line)

@@ -194,3 +194,15 @@ def test_a_reader_that_stops_early_is_no_error(tmp_path):
     # then the command ends quietly, as a Unix filter does
     assert proc.returncode == 0, err
     assert b"Error" not in err and b"Traceback" not in err, err
+
+
+def test_reap_on_another_applications_database_says_so(tmp_path, env):
+    import sqlite3
+
+    theirs = tmp_path / "theirs.db"
+    with sqlite3.connect(theirs) as conn:
+        conn.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
+        conn.execute("INSERT INTO alembic_version VALUES ('f00dcafe')")
+    env(NOFX_DATABASE_URL=f"sqlite:///{theirs}")
+    result = CliRunner().invoke(cli.main, ["reap"])
+    assert result.exit_code == 1 and "f00dcafe" in result.output, result.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 
 from nofx.logs import TextFormatter, bind
@@ -24,12 +25,13 @@ def test_a_text_line_has_its_time_level_context_and_every_field(monkeypatch):
         bind(run_id=None, step_id=None)
     assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} W nofx\.services\.reaper: "
                     r"stuck step requeued ", text), text
-    for field in ("run_id=run-1", "step_id=step-1", "action=requeued", "age_s=41.5",
+    for field in (f"pid={os.getpid()}", "run_id=run-1", "step_id=step-1", "action=requeued", "age_s=41.5",
                   'reason="heartbeat lost"', 'usage={"input_tokens": 3}'):
         assert field in text, (field, text)
 
 
 def test_a_text_line_masks_secrets_and_stays_one_line():
-    text = line("calling with sk-ant-abcdef0123456789", header="Bearer abc.def")
+    text = line("calling with sk-ant-abcdef0123456789\n  forged line", header="Bearer abc.def",
+                error="two\nlines")
     assert "sk-ant-abcdef0123456789" not in text and "abc.def" not in text
-    assert "\n" not in text
+    assert "\n" not in text and "\\n  forged line" in text and 'error="two\\nlines"' in text

@@ -138,7 +138,7 @@ def test_a_stuck_step_with_no_attempts_left_fails_with_a_clear_reason(client):
 def test_a_step_past_its_hard_limit_with_no_attempts_left_ends_timed_out(client):
     run_id, step_id = _stored_running_step(started_ago_s=60, heartbeat_ago_s=0.1, timeout_s=5,
                                            max_attempts=1)
-    assert reaper.reap()["failed"] >= 1
+    reaper.reap()  # (or the session's beat, if it ticks first: the outcome is the same)
     run = get_run(client, run_id)
     assert (run["status"], run["steps"][0]["status"]) == ("failed", "timed_out")
     [reaped] = kinds(client, run_id, "step.reaped")
@@ -154,11 +154,10 @@ def test_a_run_whose_steps_all_succeeded_but_whose_end_was_lost_is_ended_once(cl
         conn.execute(update(steps).where(steps.c.id == step_id).values(
             status="succeeded", ended_at=status.now()))
 
-    # when the reaper ticks, twice
-    first, second = reaper.reap(), reaper.reap()
+    # when the reaper ticks, twice (the session's beat may tick between them too)
+    reaper.reap(), reaper.reap()
 
-    # then the first ends the run, once, and the second finds nothing to do
-    assert first["finished"] >= 1 and second["finished"] == 0
+    # then the run has ended, once
     assert get_run(client, run_id)["status"] == "succeeded"
     assert [e["payload"] for e in kinds(client, run_id, "run.finished")] == [
         {"status": "succeeded"}]
