@@ -119,7 +119,8 @@ class Client:
             sleep(poll_s)
 
     def stream(self, run_id: str, after: int = 0, *, retries: int = 5,
-               read_timeout_s: float = 60.0) -> Iterator[dict]:
+               read_timeout_s: float = 60.0,
+               sleep: Callable[[float], None] = time.sleep) -> Iterator[dict]:
         """Follow ``GET /runs/{id}/events/stream`` until the run ends.
 
         A dropped connection, a server that stops or ends a long stream, and a server with
@@ -144,7 +145,7 @@ class Client:
                 if failures > retries:
                     raise
                 asked = _retry_after(exc)
-                time.sleep(asked if asked is not None else min(0.5 * 2 ** failures, 5.0))
+                sleep(asked if asked is not None else min(0.5 * 2 ** failures, 5.0))
                 continue
             # The server closed the stream: after the run's end, or it is stopping.
             if (ended or not fresh) and self.run(run_id)["status"] in TERMINAL:

@@ -130,20 +130,18 @@ def test_stream_of_a_finished_run_ends_after_its_run_finished():
                                                         "run.finished"]
 
 
-def test_stream_waits_as_a_busy_server_asks_then_follows_to_the_end(
-        monkeypatch: pytest.MonkeyPatch):
+def test_stream_waits_as_a_busy_server_asks_then_follows_to_the_end():
     # given a server with no stream free for the first two connections
     slept: list[float] = []
-    monkeypatch.setattr(client_module.time, "sleep", slept.append)
     api = FakeApi(FIRST_ATTEMPT + SECOND_ATTEMPT, "succeeded", busy=2)
 
     # then the client waits what it was asked to, twice, and then reads the whole run
-    assert types(list(client_for(api).stream(RUN))) == FIRST_ATTEMPT + SECOND_ATTEMPT
+    assert types(list(client_for(api).stream(RUN, sleep=slept.append))) == (
+        FIRST_ATTEMPT + SECOND_ATTEMPT)
     assert slept == [3.0, 3.0]
 
 
-def test_stream_gives_up_on_a_server_that_stays_busy(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(client_module.time, "sleep", lambda _: None)
+def test_stream_gives_up_on_a_server_that_stays_busy():
     api = FakeApi(FIRST_ATTEMPT, "running", busy=10)
     with pytest.raises(client_module.ApiError, match="HTTP 503"):
-        list(client_for(api).stream(RUN, retries=3))
+        list(client_for(api).stream(RUN, retries=3, sleep=lambda _: None))
