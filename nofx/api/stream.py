@@ -104,7 +104,6 @@ def response(run_id: str, after: int, pace: Pace, max_streams: int) -> Response:
     return stream
 
 
-
 def events(run_id: str, after: int, pace: Pace) -> Iterator[str]:
     """SSE frames for each event after ``after``; the last one is ``run.finished``.
 
