@@ -107,6 +107,8 @@ class Settings:
     llm_model: str = DEFAULT_MODEL
     llm_timeout_s: float = 60.0
     llm_max_tokens: int = 2048
+    llm_models: tuple[str, ...] = ()
+    llm_max_tokens_limit: int = 64_000
     llm_prices: dict[str, tuple[float, float]] = field(default_factory=lambda: dict(DEFAULT_PRICES))
     api_host: str = "127.0.0.1"
     api_port: int = 8000
@@ -137,7 +139,7 @@ class Settings:
         env = os.environ if env is None else env
         data_dir = Path(env.get("NOFX_DATA_DIR") or "./.nofx").resolve()
         threads = _int(env, "NOFX_API_THREADS", 8, minimum=1)
-        return cls(
+        return _within_own_bounds(cls(
             data_dir=data_dir,
             database_url=env.get("NOFX_DATABASE_URL") or f"sqlite:///{data_dir / 'nofx.db'}",
             broker_url=env.get("NOFX_BROKER_URL") or "filesystem://",
@@ -153,6 +155,9 @@ class Settings:
             llm_model=env.get("NOFX_LLM_MODEL") or DEFAULT_MODEL,
             llm_timeout_s=_positive(env, "NOFX_LLM_TIMEOUT_S", 60.0),
             llm_max_tokens=_int(env, "NOFX_LLM_MAX_TOKENS", 2048, minimum=1),
+            llm_models=tuple(m.strip() for m in (env.get("NOFX_LLM_MODELS") or "").split(",")
+                             if m.strip()),
+            llm_max_tokens_limit=_int(env, "NOFX_LLM_MAX_TOKENS_LIMIT", 64_000, minimum=1),
             llm_prices=_prices(env),
             api_host=env.get("NOFX_API_HOST") or "127.0.0.1",
             api_port=_int(env, "NOFX_API_PORT", 8000),
@@ -176,7 +181,7 @@ class Settings:
             worker_metrics_port=_int(env, "NOFX_WORKER_METRICS_PORT", 9546),
             log_level=(env.get("NOFX_LOG_LEVEL") or "INFO").upper(),
             log_format=(env.get("NOFX_LOG_FORMAT") or "json").lower(),
-        )
+        ))
 
     @property
     def is_embedded_broker(self) -> bool:
@@ -187,6 +192,19 @@ class Settings:
     def broker_dir(self) -> Path:
         """Where the embedded broker keeps its messages."""
         return self.data_dir / "broker"
+
+
+def _within_own_bounds(settings: "Settings") -> "Settings":
+    """The defaults a step gets when it names no model or ``max_tokens`` must pass the
+    bounds a plan's own values are held to (``NOFX_LLM_MODELS``, ``NOFX_LLM_MAX_TOKENS_LIMIT``)."""
+    allowed = settings.llm_models
+    if allowed and not any(settings.llm_model.startswith(m) for m in allowed):
+        raise ConfigError(f"NOFX_LLM_MODEL {settings.llm_model!r} is not among NOFX_LLM_MODELS "
+                          f"({', '.join(allowed)})")
+    if settings.llm_max_tokens > settings.llm_max_tokens_limit:
+        raise ConfigError(f"NOFX_LLM_MAX_TOKENS ({settings.llm_max_tokens}) is above "
+                          f"NOFX_LLM_MAX_TOKENS_LIMIT ({settings.llm_max_tokens_limit})")
+    return settings
 
 
 def _llm_provider(env: Mapping[str, str]) -> str:

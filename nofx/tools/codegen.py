@@ -5,8 +5,9 @@ from __future__ import annotations
 import mimetypes
 from typing import Any
 
-from marshmallow import Schema, fields, validate
+from marshmallow import Schema, ValidationError, fields, validate, validates
 
+from nofx.config import get_settings
 from nofx.tools.base import Artifact, Tool, ToolContext, ToolResult, Whole
 
 SAFE_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}$"
@@ -22,6 +23,22 @@ class CodegenInputs(Schema):
     )
     model = fields.String(load_default=None, validate=validate.Length(min=1, max=200))
     max_tokens = fields.Integer(load_default=None, validate=validate.Range(min=1, max=64_000))
+
+    # What a plan may spend is the operator's to bound (NOFX_LLM_MODELS,
+    # NOFX_LLM_MAX_TOKENS_LIMIT): a plan past the bounds is refused when it is submitted,
+    # field by field, and a step already queued when the bounds tightened fails, saying so.
+    @validates("model")
+    def _allowed_model(self, value: str | None, **_: Any) -> None:
+        allowed = get_settings().llm_models
+        if value is not None and allowed and not any(value.startswith(m) for m in allowed):
+            raise ValidationError(f"model {value!r} is not allowed here; allowed: "
+                                  f"{', '.join(allowed)} (NOFX_LLM_MODELS)")
+
+    @validates("max_tokens")
+    def _within_limit(self, value: int | None, **_: Any) -> None:
+        limit = get_settings().llm_max_tokens_limit
+        if value is not None and value > limit:
+            raise ValidationError(f"at most {limit} here (NOFX_LLM_MAX_TOKENS_LIMIT)")
 
 
 class CodegenTool(Tool):

@@ -24,6 +24,10 @@ from nofx.config import ConfigError, Settings, reset_settings
     ({"NOFX_API_THREADS": "2"}, "sse_max_streams", 1),
     ({"NOFX_API_THREADS": "2", "NOFX_SSE_MAX_STREAMS": "2"}, "sse_max_streams", 2),
     ({}, "sse_max_s", 900.0),
+    ({}, "llm_models", ()),
+    ({"NOFX_LLM_MODELS": " claude-sonnet-4 , claude-haiku,"}, "llm_models",
+     ("claude-sonnet-4", "claude-haiku")),
+    ({}, "llm_max_tokens_limit", 64_000),
 ])
 def test_a_setting_is_its_variable_or_the_default(env, field, value):
     assert getattr(Settings.from_env(env), field) == value
@@ -47,6 +51,18 @@ def test_a_bad_value_stops_the_process_naming_the_variable(name, raw, says):
     with pytest.raises(ConfigError) as caught:
         Settings.from_env({name: raw})
     assert str(caught.value) == f"{name} {says}, got {raw!r}"
+
+
+@pytest.mark.parametrize(("env", "says"), [
+    ({"NOFX_LLM_MODELS": "claude-haiku"},
+     "NOFX_LLM_MODEL 'claude-sonnet-4-5' is not among NOFX_LLM_MODELS (claude-haiku)"),
+    ({"NOFX_LLM_MAX_TOKENS_LIMIT": "1000"},
+     "NOFX_LLM_MAX_TOKENS (2048) is above NOFX_LLM_MAX_TOKENS_LIMIT (1000)"),
+])
+def test_the_llm_defaults_must_pass_the_bounds_plans_are_held_to(env, says):
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(env)
+    assert str(caught.value) == says
 
 
 def test_gunicorn_takes_its_processes_and_threads_from_the_settings(monkeypatch):

@@ -99,3 +99,39 @@ def test_every_problem_in_a_plan_is_reported_at_once():
                             {"name": "y", "tool": "sleep", "inputs": {}}))
     steps = errors["plan"]["steps"]
     assert set(steps) == {"0", "1"}
+
+
+@pytest.fixture()
+def bounds(monkeypatch):
+    """Spending bounds set for one test (the cached settings follow them)."""
+    from nofx.config import reset_settings
+
+    def set_bounds(**values: str) -> None:
+        for name, value in values.items():
+            monkeypatch.setenv(name, value)
+        reset_settings()
+
+    yield set_bounds
+    monkeypatch.undo()
+    reset_settings()
+
+
+def test_with_no_bounds_set_any_model_and_up_to_64000_tokens_are_accepted():
+    load(body(codegen(model="claude-opus-4-1", max_tokens=64_000)))
+
+
+def test_a_model_the_operator_has_not_allowed_is_refused_naming_the_allowed_ones(bounds):
+    bounds(NOFX_LLM_MODELS="claude-sonnet-4, claude-haiku")
+    load(body(codegen(model="claude-sonnet-4-5"), codegen("b", model="claude-haiku-4-5")))
+    errors = errors_of(body(codegen(model="claude-opus-4-1")))
+    [message] = errors["plan"]["steps"]["0"]["inputs"]["model"]
+    assert "'claude-opus-4-1' is not allowed" in message
+    assert "claude-sonnet-4, claude-haiku" in message
+
+
+def test_max_tokens_past_the_operators_limit_is_refused(bounds):
+    bounds(NOFX_LLM_MAX_TOKENS_LIMIT="4096")
+    load(body(codegen(max_tokens=4096)))
+    errors = errors_of(body(codegen(max_tokens=4097)))
+    assert errors["plan"]["steps"]["0"]["inputs"]["max_tokens"] == [
+        "at most 4096 here (NOFX_LLM_MAX_TOKENS_LIMIT)"]
