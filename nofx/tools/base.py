@@ -117,7 +117,13 @@ class Tool:
             return self._schema().load(inputs)
         except ValidationError as exc:
             errors = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
-            raise InvalidInputs(f"invalid inputs for tool {self.name!r}", errors=errors) from exc
+            # Field by field in ``errors`` (a 422's body); in the message too, for a step
+            # that fails on them at run time (``step.error`` keeps only the message).
+            detail = "; ".join(
+                f"{field}: {' '.join(map(str, said)) if isinstance(said, list) else said}"
+                for field, said in errors.items())
+            raise InvalidInputs(f"invalid inputs for tool {self.name!r}: {detail}",
+                                errors=errors) from exc
 
     def _schema(self) -> Schema:
         # Building a marshmallow schema costs more than loading with it: build it once.

@@ -306,6 +306,24 @@ def test_a_step_whose_tool_is_not_installed_fails_at_once_saying_so(database):
     assert "no tool named 'not-installed'" in row["error"]["message"]
 
 
+def test_a_step_queued_before_the_spending_bounds_tightened_fails_saying_why(
+        database, monkeypatch):
+    # given a codegen step accepted for 8192 tokens, and then a limit of 4096
+    from nofx.tools import codegen
+
+    run_id, [step_id] = new_run("codegen", inputs={"prompt": "p", "max_tokens": 8192})
+    tightened = replace(get_settings(), llm_max_tokens_limit=4096, llm_max_tokens=1024)
+    monkeypatch.setattr(codegen, "get_settings", lambda: tightened)
+
+    run(run_id, step_id, tool="codegen")
+
+    # then it fails at once, not retried, naming the input and the limit
+    row = step_row(step_id)
+    assert (row["status"], row["attempt"]) == ("failed", 1)
+    assert row["error"]["type"] == "InvalidInputs"
+    assert "max_tokens: at most 4096 here (NOFX_LLM_MAX_TOKENS_LIMIT)" in row["error"]["message"]
+
+
 def test_a_retryable_failure_of_a_cancelled_step_is_not_retried(database, monkeypatch, caplog):
     # given a tool that fails in a way worth retrying, just after its run was cancelled
     from nofx.errors import RetryableToolError
