@@ -198,12 +198,10 @@ def _require_schema(url: str) -> None:
 
 def _sqlite_file_missing(url: str) -> bool:
     """Whether ``url`` is a SQLite file that does not exist (connecting would make it)."""
-    from sqlalchemy.engine import make_url
+    from nofx.db.engine import sqlite_file
 
-    parsed = make_url(url)
-    return (parsed.get_backend_name() == "sqlite"
-            and parsed.database not in (None, "", ":memory:")
-            and not Path(parsed.database).exists())
+    path = sqlite_file(url)
+    return path is not None and not path.exists()
 
 
 def _configured_database() -> str:

@@ -21,12 +21,13 @@ READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 20.0
 
 
-def _signal_group(child: subprocess.Popen[bytes], sig: int) -> None:
-    """Signal the child's process group (its session: it and everything it started)."""
+def _signal(child: subprocess.Popen[bytes], sig: int, group: bool = False) -> None:
+    """Signal the child, or with ``group`` its process group (its session: it and
+    everything it started); one already gone is no error."""
     try:
-        os.killpg(child.pid, sig)
+        (os.killpg if group else os.kill)(child.pid, sig)
     except ProcessLookupError:
-        pass  # already gone, pool processes and all
+        pass
 
 class DevServer:
     """Starts and watches the children; stops them all when one dies or on Ctrl-C."""
@@ -177,17 +178,14 @@ class DevServer:
                 # The main process only: it stops its own (the worker lets its pool finish
                 # the running steps; gunicorn its workers the requests). Signalled too, the
                 # pool processes would stop at once, mid-step.
-                try:
-                    os.kill(child.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
+                _signal(child, signal.SIGTERM)
             deadline = time.monotonic() + STOP_TIMEOUT_S
             while (time.monotonic() < deadline and not again.is_set()
                    and any(c.poll() is None for c in running.values())):
                 time.sleep(0.1)
         finally:
             for child in running.values():
-                _signal_group(child, signal.SIGKILL)  # the group: pool processes too
+                _signal(child, signal.SIGKILL, group=True)  # pool processes too
                 child.wait()
             signal.signal(signal.SIGINT, previous)
         click.echo("NOFX stopped.", err=True)

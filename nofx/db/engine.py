@@ -94,10 +94,17 @@ def _ping_when_idle(engine: Engine) -> None:
             raise exc.DisconnectionError("connection was closed while idle") from error
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The file a SQLite URL names (``None``: not SQLite, or in memory)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
 def _create_sqlite(url: str) -> Engine:
-    database = make_url(url).database
-    if database and database != ":memory:":
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    if (path := sqlite_file(url)) is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
     @event.listens_for(engine, "connect")

@@ -9,7 +9,6 @@ from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, inspect, text
-from sqlalchemy.engine import make_url
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -27,10 +26,11 @@ def alembic_config(url: str | None = None) -> Config:
 def upgrade(url: str | None = None, revision: str = "head") -> None:
     """Bring the schema up to ``revision`` (a SQLite file's folder is made if need be)."""
     from nofx.config import get_settings
+    from nofx.db.engine import sqlite_file
 
-    parsed = make_url(url or get_settings().database_url)
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    # (Alembic's env.py makes its own engine, so not the folder get_engine would make.)
+    if (path := sqlite_file(url or get_settings().database_url)) is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
     command.upgrade(alembic_config(url), revision)
 
 
