@@ -409,20 +409,23 @@ def _explain(bench: Bench, run_id: str) -> dict[str, str]:
     """Each query's scans (the plan's lines that read a table), to show which index serves it."""
     from sqlalchemy.dialects import postgresql
 
-    from nofx.services.runs import _RUN_WITH_STEPS
+    from nofx.config import Settings
+    from nofx.services.runs import _RUN_WITH_STEPS, list_runs_query
 
-    get_run = _RUN_WITH_STEPS.params(run_id=run_id).compile(
-        dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True})
-    queries = {
-        "get_run": str(get_run),  # the statement GET /runs/{id} sends, from the code
-        "list_runs": "SELECT * FROM runs ORDER BY created_at DESC, id DESC LIMIT 51",
+    def sql(statement: Any) -> str:
+        return str(statement.compile(dialect=postgresql.dialect(),
+                                     compile_kwargs={"literal_binds": True}))
+
+    queries = {  # the statements GET /runs/{id} and GET /runs?limit=50 send, from the code
+        "get_run": sql(_RUN_WITH_STEPS.params(run_id=run_id)),
+        "list_runs": sql(list_runs_query(None, 50, None, Settings.page_max_bytes)),
         "reaper_running": "SELECT * FROM steps WHERE status = 'running' ORDER BY heartbeat_at",
         "metrics_running": "SELECT tool, count(*), min(started_at) FROM steps "
                            "WHERE status = 'running' GROUP BY tool",
     }
     plans = {}
-    for name, sql in queries.items():
-        rows = bench.sql(f"EXPLAIN {sql}")
+    for name, statement in queries.items():
+        rows = bench.sql(f"EXPLAIN {statement}")
         plans[name] = " | ".join(r[0].strip() for r in rows if "Scan" in r[0])
     return plans
 

@@ -398,13 +398,18 @@ def events(client: Any, run_id: str, follow: bool, as_json: bool) -> None:
 
 @runs.command(name="list")
 @click.option("--status", type=click.Choice(["queued", "running", "succeeded", "failed", "cancelled"]))
-@click.option("--limit", default=20, show_default=True)
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1),
+              help="How many runs to show (fetched page after page).")
 @click.pass_obj
 def list_(client: Any, status: str | None, limit: int) -> None:
     """List recent runs, newest first."""
-    for run in _call(client.runs, status, limit)["items"]:
-        click.echo(f"{run['id']}  {run['status']:<10} {run['created_at'][:19]}  "
-                   f"{printable(run['goal'][:60])}")
+
+    def _print() -> None:
+        for run in client.recent_runs(status, limit):
+            click.echo(f"{run['id']}  {run['status']:<10} {run['created_at'][:19]}  "
+                       f"{printable(run['goal'][:60])}")
+
+    _call(_print)
 
 
 @runs.command()

@@ -13,6 +13,8 @@ from nofx.config import get_settings
 
 #: What ``GET /runs/{id}/events`` returns at most a call (its ``limit``'s maximum).
 EVENT_PAGE = 1000
+#: What ``GET /runs`` returns at most a call (its ``limit``'s maximum).
+RUN_PAGE = 200
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
@@ -65,10 +67,23 @@ class Client:
         """``GET /runs/{id}``."""
         return self._json(self.http.get(f"/runs/{run_id}"))
 
-    def runs(self, status: str | None = None, limit: int = 20) -> dict:
-        """``GET /runs``."""
-        params: dict[str, str | int] = {"limit": limit, **({"status": status} if status else {})}
+    def runs(self, status: str | None = None, limit: int = 20, cursor: str | None = None) -> dict:
+        """``GET /runs``: one page."""
+        params: dict[str, str | int] = {"limit": limit, **({"status": status} if status else {}),
+                                        **({"cursor": cursor} if cursor else {})}
         return self._json(self.http.get("/runs", params=params))
+
+    def recent_runs(self, status: str | None = None, limit: int = 20) -> Iterator[dict]:
+        """Up to ``limit`` runs, newest first, page after page: a page may hold fewer runs
+        than asked for (``NOFX_PAGE_MAX_BYTES``), and asks for at most ``RUN_PAGE``."""
+        cursor: str | None = None
+        while limit > 0:
+            page = self.runs(status, min(limit, RUN_PAGE), cursor)
+            yield from page["items"][:limit]
+            limit -= len(page["items"])
+            cursor = page["next_cursor"]
+            if not cursor:
+                return
 
     def events(self, run_id: str, after: int = 0, limit: int = EVENT_PAGE) -> list[dict]:
         """``GET /runs/{id}/events?after=&limit=``."""

@@ -117,6 +117,7 @@ class Settings:
     api_workers: int = 2
     api_threads: int = 8
     max_body_bytes: int = 1_048_576
+    page_max_bytes: int = 4_194_304
     sse_poll_s: float = 0.5
     sse_keepalive_s: float = 15.0
     sse_max_s: float = 900.0
@@ -166,6 +167,7 @@ class Settings:
             api_workers=_int(env, "NOFX_API_WORKERS", 2, minimum=1),
             api_threads=threads,
             max_body_bytes=_int(env, "NOFX_MAX_BODY_BYTES", 1_048_576),
+            page_max_bytes=_int(env, "NOFX_PAGE_MAX_BYTES", 4_194_304, minimum=1),
             sse_poll_s=_float(env, "NOFX_SSE_POLL_S", 0.5),
             sse_keepalive_s=_float(env, "NOFX_SSE_KEEPALIVE_S", 15.0),
             sse_max_s=_positive(env, "NOFX_SSE_MAX_S", 900.0),

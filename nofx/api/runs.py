@@ -67,7 +67,8 @@ class Runs(MethodView):
     def get(self, args: dict[str, Any]) -> Any:
         """List runs, newest first; pass ``next_cursor`` back as ``cursor`` for the next page."""
         items, after = service.list_runs(args.get("status"), args["limit"],
-                                         decode_cursor(args.get("cursor")))
+                                         decode_cursor(args.get("cursor")),
+                                         get_settings().page_max_bytes)
         return {"items": items, "next_cursor": encode_cursor(after)}
 
 

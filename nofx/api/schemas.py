@@ -267,7 +267,9 @@ class RunListArgsSchema(Schema):
         validate=validate.OneOf(["queued", "running", "succeeded", "failed", "cancelled"]),
         metadata={"description": "only runs with this status", "example": "failed"})
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200),
-                           metadata={"description": "runs per page", "example": 20})
+                           metadata={"description": "most runs a page holds; a page ends "
+                                                    "early once its plans pass "
+                                                    "NOFX_PAGE_MAX_BYTES", "example": 20})
     # Opaque: only a cursor this API made is valid, which ``format`` says and a pattern
     # could not; ``runs.decode_cursor`` refuses anything else with 422.
     cursor = fields.String(metadata={

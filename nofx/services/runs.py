@@ -9,7 +9,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, or_, select
+from sqlalchemy import Connection, Select, Text, and_, bindparam, cast, func, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from nofx import status
@@ -125,22 +125,51 @@ def get_run(run_id: str) -> dict[str, Any]:
 
 
 def list_runs(
-    status_filter: str | None, limit: int, cursor: tuple[datetime, str] | None
+    status_filter: str | None, limit: int, cursor: tuple[datetime, str] | None,
+    max_bytes: int | None = None,
 ) -> tuple[list[dict[str, Any]], tuple[datetime, str] | None]:
-    """Runs newest first, one page after ``cursor`` (keyset), and the next page's cursor."""
-    query = select(runs).order_by(runs.c.created_at.desc(), runs.c.id.desc()).limit(limit + 1)
+    """Runs newest first, one page after ``cursor`` (keyset), and the next page's cursor.
+
+    A page holds at most ``limit`` runs, and ends early once the plans on it pass about
+    ``max_bytes`` (``NOFX_PAGE_MAX_BYTES``); it always holds at least one run. Runs left off
+    are counted in the database, so a page of large plans is never read whole."""
+    max_bytes = get_settings().page_max_bytes if max_bytes is None else max_bytes
+    with reading() as conn:
+        rows = [dict(r) for r in conn.execute(
+            list_runs_query(status_filter, limit, cursor, max_bytes)).mappings().all()]
+    found = rows[0].pop("found") if rows else 0
+    for row in rows[1:]:
+        row.pop("found")
+    page = rows[:limit]
+    more = found > len(page)
+    return page, ((page[-1]["created_at"], page[-1]["id"]) if more else None)
+
+
+def list_runs_query(status_filter: str | None, limit: int,
+                    cursor: tuple[datetime, str] | None, max_bytes: int) -> Select:
+    """The statement ``GET /runs`` sends: the next ``limit + 1`` runs by the index, then only
+    those whose plans before them on the page add up to less than ``max_bytes``, each with
+    ``found``, how many the first part found."""
+    newest = select(runs).order_by(runs.c.created_at.desc(), runs.c.id.desc()).limit(limit + 1)
     if status_filter:
-        query = query.where(runs.c.status == status_filter)
+        newest = newest.where(runs.c.status == status_filter)
     if cursor:
         created_at, run_id = cursor
-        query = query.where(
+        newest = newest.where(
             or_(runs.c.created_at < created_at,
                 and_(runs.c.created_at == created_at, runs.c.id < run_id))
         )
-    with reading() as conn:
-        rows = [dict(r) for r in conn.execute(query).mappings().all()]
-    page, more = rows[:limit], len(rows) > limit
-    return page, ((page[-1]["created_at"], page[-1]["id"]) if more else None)
+    page = newest.subquery("newest")
+    order = (page.c.created_at.desc(), page.c.id.desc())
+    size = func.length(cast(page.c.plan, Text))
+    sized = select(
+        page,
+        (func.sum(size).over(order_by=order, rows=(None, 0)) - size).label("bytes_before"),
+        func.count().over().label("found"),
+    ).subquery("sized")
+    return (select(*(sized.c[c.name] for c in runs.c), sized.c.found)
+            .where(sized.c.bytes_before < max_bytes)
+            .order_by(sized.c.created_at.desc(), sized.c.id.desc()))
 
 
 def list_events(run_id: str, after: int = 0, limit: int = 1000) -> list[dict[str, Any]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 
 from nofx.api.runs import decode_cursor
 from nofx.api.schemas import EXAMPLE_CURSOR
+from nofx.config import get_settings
 from tests.support.runs import plan, step
 
 LIMIT = 1_048_576  # NOFX_MAX_BODY_BYTES's default
@@ -185,3 +187,70 @@ def test_the_status_filter_pages_through_runs_of_that_status_only(client):
 def test_the_documented_example_cursor_is_one_this_api_understands(client):
     assert decode_cursor(EXAMPLE_CURSOR) is not None
     assert client.get("/runs", query_string={"cursor": EXAMPLE_CURSOR}).status_code == 200
+
+
+@pytest.mark.parametrize(("budget", "page_size"), [(250_000, 3), (50_000, 1)],
+                         ids=["three-fit", "one-run-past-the-budget"])
+def test_a_page_ends_early_once_its_plans_pass_the_byte_budget(client, monkeypatch,
+                                                                budget, page_size):
+    # given four runs whose plans are ~100 kB each, and pages of about `budget` bytes
+    import nofx.api.runs as api_runs
+
+    settings = replace(get_settings(), page_max_bytes=budget)
+    monkeypatch.setattr(api_runs, "get_settings", lambda: settings)
+    made = [client.post("/runs", json=plan(step("a", "echo", text=f"{i}" * 100_000)))
+            .get_json()["id"] for i in range(4)]
+
+    # when the newest four are asked for on one page
+    first = client.get("/runs", query_string={"limit": 4}).get_json()
+
+    # then the page stops once its plans pass the budget, but always holds at least one run,
+    # and the next page carries on from there with nothing missed or repeated
+    assert [r["id"] for r in first["items"]] == made[::-1][:page_size]
+    assert first["next_cursor"]
+    listed = walk(client, set(made), limit=4)
+    assert [r["id"] for r in listed if r["id"] in made] == made[::-1]
+    assert len({r["id"] for r in listed}) == len(listed)
+    assert {r["plan"]["steps"][0]["inputs"]["text"] for r in listed if r["id"] in made} == {
+        f"{i}" * 100_000 for i in range(4)}
+
+
+def test_a_page_within_the_budget_is_whole(client):
+    # given the default budget (4 MiB) and three small runs
+    made = [client.post("/runs", json=plan(step("a", "echo"))).get_json()["id"] for _ in range(3)]
+    # then a page of three holds all three
+    page = client.get("/runs", query_string={"limit": 3}).get_json()
+    assert [r["id"] for r in page["items"]] == made[::-1]
+
+
+def test_runs_list_in_the_cli_walks_on_past_a_page_cut_short(app, client, monkeypatch):
+    # given four runs of ~100 kB plans, pages of about 150 kB, and the CLI on this app
+    import httpx
+    from click.testing import CliRunner
+
+    import nofx.api.runs as api_runs
+    from nofx import cli
+    from nofx import client as client_module
+
+    settings = replace(get_settings(), page_max_bytes=150_000)
+    monkeypatch.setattr(api_runs, "get_settings", lambda: settings)
+    made = [client.post("/runs", json=plan(step("a", "echo", text="x" * 100_000),
+                                           goal=f"run {i}")).get_json()["id"]
+            for i in range(4)]
+
+    real = client_module.Client
+
+    def local(*_: Any, **__: Any) -> client_module.Client:
+        made_client = real(base_url="http://127.0.0.1", token="")
+        made_client.http = httpx.Client(base_url="http://127.0.0.1",
+                                        transport=httpx.WSGITransport(app=app))
+        return made_client
+
+    monkeypatch.setattr(client_module, "Client", local)
+
+    # when four runs are listed, though each page holds two
+    result = CliRunner().invoke(cli.main, ["runs", "list", "--limit", "4"])
+
+    # then all four are shown, newest first, once each
+    assert result.exit_code == 0, result.output
+    assert [line.split()[0] for line in result.output.splitlines()] == made[::-1]
