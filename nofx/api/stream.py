@@ -17,6 +17,7 @@ import json
 import logging
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any, Generator, Iterator
 
@@ -73,10 +74,13 @@ class _Held:
     """A stream's frames, holding one of :data:`SLOTS` until the server closes it.
 
     The WSGI server calls ``close()`` however the response ends, even if it never started
-    reading it (a generator's own ``finally`` would not run then)."""
+    reading it (a generator's own ``finally`` would not run then). A response dropped
+    unclosed (Flask drops it when an ``after_request`` hook raises) gives its slot back
+    when it is collected."""
 
     def __init__(self, frames: Iterator[str]) -> None:
-        self.frames, self._held = frames, True
+        self.frames = frames
+        self._give = weakref.finalize(self, SLOTS.give)  # runs once, whichever comes first
 
     def __iter__(self) -> Iterator[str]:
         return self.frames
@@ -85,9 +89,7 @@ class _Held:
         try:
             self.frames.close()  # type: ignore[attr-defined]
         finally:
-            if self._held:
-                self._held = False
-                SLOTS.give()
+            self._give()
 
 
 def response(run_id: str, after: int, pace: Pace, max_streams: int) -> Response:

@@ -1,0 +1,34 @@
+"""An event stream's slot (``NOFX_SSE_MAX_STREAMS``) is given back exactly once, however its
+response ends: closed by the server, or dropped unclosed (an ``after_request`` hook that
+raises makes Flask drop the response without closing it)."""
+
+from __future__ import annotations
+
+import gc
+
+from nofx.api import stream
+
+RUN = "3f0f6bd4-4a55-4c38-9b1c-1b6f7f1f2a10"
+
+
+def test_a_stream_dropped_without_being_closed_gives_its_slot_back():
+    before = stream.SLOTS.open
+    response = stream.response(RUN, 0, stream.Pace(), max_streams=before + 1)
+    assert stream.SLOTS.open == before + 1
+
+    del response
+    gc.collect()
+
+    assert stream.SLOTS.open == before
+
+
+def test_a_closed_stream_gives_its_slot_back_once():
+    before = stream.SLOTS.open
+    response = stream.response(RUN, 0, stream.Pace(), max_streams=before + 1)
+
+    response.close()
+    response.close()
+    del response
+    gc.collect()
+
+    assert stream.SLOTS.open == before
