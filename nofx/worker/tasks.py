@@ -148,8 +148,8 @@ def _not_claimed(run_id: str, step_id: str) -> None:
 def finish_run(run_id: str) -> None:
     """End a run ``succeeded`` if all its steps have (a guarded no-op otherwise).
 
-    Runs end with their last step's success now; chains sent by NOFX 0.1 before that ended
-    with this link, so it stays registered for messages still in a broker, and for
+    Runs end with their last step's success now; chains sent by earlier builds ended with
+    this link, so it stays registered for messages still in a broker, and for
     operators (`celery -A nofx.worker call nofx.finish_run --args='["RUN_ID"]'`).
     """
     bind(run_id=run_id)
