@@ -15,6 +15,10 @@ from nofx.errors import Busy, NofxError
 log = logging.getLogger(__name__)
 
 
+#: The message of a ``422`` whose ``errors`` names each field that is wrong.
+FIELD_ERRORS = "invalid request: 'errors' says what is wrong, field by field"
+
+
 def error_response(code: int, message: str, errors: Any = None) -> tuple[Response, int]:
     """``{"code", "status", "message", "errors"?}`` with HTTP status ``code``."""
     body: dict[str, Any] = {"code": code, "status": HTTPStatus(code).phrase, "message": message}
@@ -38,8 +42,7 @@ def init_app(app: Flask) -> None:
         data = getattr(exc, "data", None) or {}
         field_errors = data.get("errors") or data.get("messages")
         message = data.get("message") or (
-            "invalid request: 'errors' says what is wrong, field by field"
-            if field_errors else exc.description or HTTPStatus(code).phrase
+            FIELD_ERRORS if field_errors else exc.description or HTTPStatus(code).phrase
         )
         response, code = error_response(code, message, field_errors)
         for name, value in exc.get_headers():

@@ -9,11 +9,13 @@ default 8 threads, so a busy process never waits for a connection.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
 from typing import Any, Sequence
 
+from gunicorn import util
 from gunicorn.util import parse_address
 
 from nofx.config import get_settings
@@ -33,6 +35,21 @@ accesslog = None
 errorlog = "-"
 loglevel = _settings.log_level.lower()
 logger_class = "nofx.logs.GunicornLogger"  # gunicorn's own lines as JSON too
+
+
+def write_json_error(sock: Any, status_int: int, reason: str, mesg: str) -> None:
+    """A request gunicorn refuses itself (a request line or a header too long, a header it
+    cannot parse) is answered in the API's JSON error shape, not gunicorn's HTML page."""
+    body = json.dumps({"code": status_int, "status": reason,
+                       "message": mesg or reason}).encode()
+    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+    util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
+# gunicorn's workers call ``util.write_error`` (gunicorn/workers/base.py, ``handle_error``)
+# for these answers; this file is loaded in the master before the workers fork.
+util.write_error = write_json_error
 
 
 def open_bind_problem(binds: Sequence[str] | None = None) -> str | None:

@@ -47,7 +47,7 @@ class Metrics(MethodView):
     def get(self) -> Response:
         """Prometheus text format: runs, steps, stuck steps, reaper, HTTP."""
         registry = current_app.extensions["nofx_metrics"]
-        return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
 
 
 def build_registry() -> CollectorRegistry:

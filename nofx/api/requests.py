@@ -5,14 +5,16 @@ from __future__ import annotations
 import io
 import json
 import re
+import sys
 import uuid
 from typing import Any
 
 from flask import Flask, Response, current_app, g, request
 from flask_smorest import abort
-from webargs.flaskparser import FlaskParser
+from webargs.core import missing
+from webargs.flaskparser import FlaskParser, is_json_request
 
-from nofx.api.errors import error_response
+from nofx.api.errors import FIELD_ERRORS, error_response
 from nofx.logs import bind
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
@@ -55,6 +57,16 @@ def check_body() -> tuple[Response, int] | None:
     return None
 
 
+def check_query() -> tuple[Response, int] | None:
+    """``422`` for a query parameter given more than once: webargs would read the first and
+    drop the rest, so ``?status=failed&status=succeeded`` would quietly mean ``failed``."""
+    repeated = sorted(k for k, values in request.args.lists() if len(values) > 1)
+    if not repeated:
+        return None
+    return error_response(422, FIELD_ERRORS, {"query": {
+        k: ["given more than once; give it once"] for k in repeated}})
+
+
 def _read_streamed_body(limit: int) -> tuple[Response, int] | None:
     # Werkzeug quietly cuts a streamed (chunked) body at the limit, and the JSON then looks
     # broken; read it here (the server has de-chunked it) and say what is really wrong.
@@ -70,15 +82,53 @@ def _too_large(limit: int) -> tuple[Response, int]:
 
 
 class JsonBodyParser(FlaskParser):
-    """webargs' parser, with a body nested deeper than Python's JSON decoder recurses (a
-    ``RecursionError``, not a decoding error) answered ``400`` like any unreadable body."""
+    """webargs' parser, refusing with ``400`` JSON that Python would read by losing part of it
+    (a key twice in one object: the first value would be dropped) or cannot read (nesting
+    deeper than the decoder recurses, an integer of thousands of digits). The body as read
+    is kept in ``g.json_body``: what the client sent, before any schema touched it."""
 
     def _raw_load_json(self, req: Any) -> Any:
+        if not is_json_request(req):
+            return missing
         try:
-            return super()._raw_load_json(req)
+            body = json.loads(_text(req.get_data(cache=True)), object_pairs_hook=_one_each)
         except RecursionError:
             abort(400, message="the JSON body is nested too deeply to read")
-        except ValueError as exc:  # not a decoding error: e.g. an integer of 4,301 digits
+        except _Duplicate as exc:
+            abort(400, message=f"the JSON body has the key {exc.key!r} more than once in one "
+                               "object; only one value can be kept")
+        except ValueError as exc:
             if isinstance(exc, json.JSONDecodeError):
                 raise
+            if "integer string conversion" in str(exc):
+                abort(400, message="the JSON body cannot be read: it has a number with more "
+                                   f"than {sys.get_int_max_str_digits()} digits")
             abort(400, message=f"the JSON body cannot be read: {exc}")
+        g.json_body = body
+        return body
+
+
+def _text(data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:  # as webargs does: a decoding error, answered 400
+        raise json.JSONDecodeError(f"Bytes decoding error : {exc.reason}", doc=str(exc.object),
+                                   pos=exc.start) from exc
+
+
+class _Duplicate(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _one_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads``' ``object_pairs_hook``: an object, unless a key comes twice in it."""
+    found = dict(pairs)
+    if len(found) < len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _Duplicate(key)
+            seen.add(key)
+    return found

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from typing import Any
 from uuid import UUID
 
-from flask import Response
+from flask import Response, g, url_for
 from flask.blueprints import BlueprintSetupState
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
@@ -16,13 +16,14 @@ from flask_smorest.error_handler import ErrorSchema
 from marshmallow import RAISE
 
 from nofx.api import schemas, stream
-from nofx.api.requests import JsonBodyParser, check_body
+from nofx.api.requests import JsonBodyParser, check_body, check_query
 from nofx.config import get_settings
 from nofx.services import runs as service
 
 blp = Blueprint("runs", __name__, url_prefix="/runs", description="Runs of plans")
 blp.ARGUMENTS_PARSER = JsonBodyParser()
 blp.before_request(check_body)
+blp.before_request(check_query)
 
 
 @blp.record_once
@@ -42,7 +43,9 @@ class Runs(MethodView):
     @blp.arguments(schemas.RunCreateSchema, example=schemas.SEED_PLAN)
     @blp.arguments(schemas.IdempotencyHeadersSchema, location="headers", as_kwargs=True)
     @blp.response(201, schemas.RunSchema, description="the run, queued",
-                  example=schemas.EXAMPLE_QUEUED_RUN)
+                  example=schemas.EXAMPLE_QUEUED_RUN, headers={"Location": {
+                      "description": "the run's address, `/runs/{id}`",
+                      "schema": {"type": "string"}}})
     @blp.alt_response(200, schema=schemas.RunSchema, success=True,
                       description="an idempotent replay: the run first made with this key")
     @blp.alt_response(409, **schemas.error_doc(
@@ -59,8 +62,11 @@ class Runs(MethodView):
         With an ``Idempotency-Key``, sending the same body again returns the first run
         (``200``) instead of making another; the same key with another body is ``409``.
         """
-        run, created = service.submit_run(body["plan"], idempotency_key=idempotency_key)
-        return run, (201 if created else 200)
+        run, created = service.submit_run(body["plan"], idempotency_key=idempotency_key,
+                                          as_sent=g.json_body["plan"])
+        if not created:
+            return run, 200
+        return run, 201, {"Location": url_for("runs.RunById", run_id=run["id"])}
 
     @blp.arguments(schemas.RunListArgsSchema, location="query", unknown=RAISE)
     @blp.response(200, schemas.RunPageSchema, example=schemas.EXAMPLE_RUN_PAGE)

@@ -21,7 +21,7 @@ from marshmallow import (
 )
 
 from nofx.errors import InvalidInputs
-from nofx.tools import Tool, Whole, get_tool, registry
+from nofx.tools import JsonInteger, JsonNumber, Tool, Whole, get_tool, registry
 
 STEP_NAME = r"^[A-Za-z0-9_.-]{1,100}$"
 MAX_STEPS = 100
@@ -64,9 +64,9 @@ class StepSpecSchema(Schema):
                          metadata={"description": "a registered tool: codegen, echo, sleep, ..."})
     inputs = fields.Dict(keys=fields.String(), load_default=dict,
                          metadata={"description": "validated by the tool"})
-    timeout_s = fields.Float(validate=validate.Range(min=0.5, max=86_400),
+    timeout_s = JsonNumber(validate=validate.Range(min=0.5, max=86_400),
                              metadata={"description": "hard time limit in seconds"})
-    max_attempts = fields.Integer(validate=validate.Range(min=1, max=10))
+    max_attempts = JsonInteger(validate=validate.Range(min=1, max=10))
 
 
 class Steps(fields.List):
@@ -164,8 +164,7 @@ class RunCreateSchema(Schema):
         # saying where, rather than at INSERT time or when the run is read back.
         found = _unstorable(data)
         if found is not None:
-            where, why = found
-            raise ValidationError({where: [why]})
+            raise ValidationError(_nested(*found))
         return data
 
 
@@ -175,9 +174,10 @@ _BAD_TEXT = "text with a NUL character (\\u0000) or an unpaired surrogate cannot
 _BAD_NUMBER = "a number JSON cannot carry (NaN, an infinity, or beyond a double's range)"
 
 
-def _unstorable(data: Any) -> tuple[str, str] | None:
-    """The path (``plan.steps.0.inputs.x``) of the first value NOFX could not store, and why."""
-    stack: list[tuple[str, Any, int]] = [("", data, 0)]
+def _unstorable(data: Any) -> tuple[tuple[str, ...], str] | None:
+    """Where the first value NOFX could not store is (``("plan", "steps", "0", "inputs",
+    "x")``; a bad key is reported at its object), and why."""
+    stack: list[tuple[tuple[str, ...], Any, int]] = [((), data, 0)]
     while stack:
         path, value, depth = stack.pop()
         if depth > MAX_DEPTH:
@@ -185,15 +185,24 @@ def _unstorable(data: Any) -> tuple[str, str] | None:
         if isinstance(value, dict):
             for key, item in value.items():
                 if not _storable(str(key)):
-                    return f"{path or '_schema'} (a key)", _BAD_TEXT
-                stack.append((f"{path}.{key}" if path else str(key), item, depth + 1))
+                    return path, f"a key: {_BAD_TEXT}"
+                stack.append(((*path, str(key)), item, depth + 1))
         elif isinstance(value, list):
-            stack.extend((f"{path}.{i}", item, depth + 1) for i, item in enumerate(value))
+            stack.extend(((*path, str(i)), item, depth + 1) for i, item in enumerate(value))
         elif isinstance(value, str) and not _storable(value):
-            return path or "_schema", _BAD_TEXT
+            return path, _BAD_TEXT
         elif isinstance(value, float) and not math.isfinite(value):
-            return path or "_schema", _BAD_NUMBER
+            return path, _BAD_NUMBER
     return None
+
+
+def _nested(path: tuple[str, ...], why: str) -> dict[str, Any]:
+    """``{"plan": {"steps": {"0": ... [why]}}}``: field errors shaped as marshmallow shapes
+    every other one (``_schema`` for the body as a whole)."""
+    errors: Any = [why]
+    for key in reversed(path or ("_schema",)):
+        errors = {key: errors}
+    return errors
 
 
 def _storable(text: str) -> bool:

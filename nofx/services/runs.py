@@ -24,8 +24,14 @@ from nofx.tools import get_tool
 log = logging.getLogger(__name__)
 
 
-def submit_run(plan: dict[str, Any], idempotency_key: str | None = None) -> tuple[dict, bool]:
+def submit_run(plan: dict[str, Any], idempotency_key: str | None = None,
+               as_sent: dict[str, Any] | None = None) -> tuple[dict, bool]:
     """Store a validated plan as a queued run, then dispatch its chain.
+
+    The run keeps ``as_sent``, the plan exactly as the client sent it, when given; its steps
+    get ``plan``'s inputs, as each tool validated them (defaults filled in). Idempotent
+    replays compare the validated plan, so two bodies that differ only in how they write
+    the same plan are the same request.
 
     Returns the run and whether it was created now (``False``: an idempotent replay).
     The chain is sent only after the run is committed, which writes it as dispatched
@@ -42,7 +48,8 @@ def submit_run(plan: dict[str, Any], idempotency_key: str | None = None) -> tupl
     try:
         with status.write_connection() as conn:
             run = status.create_run(
-                conn, run_id=run_id, goal=plan["goal"], plan=plan,
+                conn, run_id=run_id, goal=plan["goal"],
+                plan=plan if as_sent is None else as_sent,
                 step_rows=step_rows, idempotency_key=idempotency_key,
                 request_hash=request_hash, dispatched=True,
             )

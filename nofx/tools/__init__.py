@@ -6,11 +6,20 @@ import logging
 from functools import lru_cache
 from importlib.metadata import entry_points
 
-from nofx.tools.base import Artifact, Tool, ToolContext, ToolResult, Whole
+from nofx.tools.base import (
+    Artifact,
+    JsonInteger,
+    JsonNumber,
+    Tool,
+    ToolContext,
+    ToolResult,
+    Whole,
+)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Artifact", "Tool", "ToolContext", "ToolResult", "Whole", "get_tool", "registry"]
+__all__ = ["Artifact", "JsonInteger", "JsonNumber", "Tool", "ToolContext", "ToolResult", "Whole",
+           "get_tool", "registry"]
 
 
 @lru_cache(maxsize=1)

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
-from marshmallow import Schema, ValidationError, validate
+from marshmallow import Schema, ValidationError, fields, validate
 
 from nofx.errors import InvalidInputs, PermanentToolError
 from nofx.llm.base import LLM, Completion
@@ -29,6 +29,30 @@ class Whole(validate.Regexp):
         if self.regex.fullmatch(value) is None:
             raise ValidationError(self._format_error(value))
         return value
+
+
+class JsonInteger(fields.Integer):
+    """An integer as JSON writes one: ``3``, ``3.0`` or ``3e0``; never ``3.5`` (marshmallow's
+    ``Integer`` would round it down, past any range check) nor the text ``"3"``."""
+
+    def _validated(self, value: Any) -> Any:
+        if isinstance(value, float) and not value.is_integer() or not _is_number(value):
+            raise self.make_error("invalid")
+        return super()._validated(value)
+
+
+class JsonNumber(fields.Float):
+    """A JSON number, never text: marshmallow's ``Float`` would read ``"0.1"`` too, which the
+    API's document (``type: number``) does not allow."""
+
+    def _validated(self, value: Any) -> Any:
+        if not _is_number(value):
+            raise self.make_error("invalid")
+        return super()._validated(value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 #: A MIME type (``type/subtype``, parameters allowed), printable ASCII only: it becomes the

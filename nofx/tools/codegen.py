@@ -8,7 +8,7 @@ from typing import Any
 from marshmallow import Schema, ValidationError, fields, validate, validates
 
 from nofx.config import get_settings
-from nofx.tools.base import Artifact, Tool, ToolContext, ToolResult, Whole
+from nofx.tools.base import Artifact, JsonInteger, Tool, ToolContext, ToolResult, Whole
 
 SAFE_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}$"
 mimetypes.add_type("text/markdown", ".md")
@@ -22,7 +22,7 @@ class CodegenInputs(Schema):
         validate=Whole(SAFE_NAME, error="a plain file name: letters, digits, _ . -"),
     )
     model = fields.String(load_default=None, validate=validate.Length(min=1, max=200))
-    max_tokens = fields.Integer(load_default=None, validate=validate.Range(min=1, max=64_000))
+    max_tokens = JsonInteger(load_default=None, validate=validate.Range(min=1, max=64_000))
 
     # What a plan may spend is the operator's to bound (NOFX_LLM_MODELS,
     # NOFX_LLM_MAX_TOKENS_LIMIT): a plan past the bounds is refused when it is submitted,

@@ -5,13 +5,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from marshmallow import Schema, fields, validate
+from marshmallow import Schema, validate
 
-from nofx.tools.base import Tool, ToolContext, ToolResult
+from nofx.tools.base import JsonNumber, Tool, ToolContext, ToolResult
 
 
 class SleepInputs(Schema):
-    seconds = fields.Float(required=True, validate=validate.Range(min=0, max=86_400))
+    seconds = JsonNumber(required=True, validate=validate.Range(min=0, max=86_400))
 
 
 class SleepTool(Tool):

@@ -63,6 +63,25 @@ def test_a_body_that_is_not_a_plan_is_refused_and_nothing_is_stored(client, data
     assert run_count() == before
 
 
+@pytest.mark.parametrize(("data", "says"), [
+    ('{"plan": {"goal": "g", "steps": [{"name": "a", "tool": "echo", '
+     '"inputs": {"x": 1, "x": 2}}]}}', "'x' more than once"),
+    ('{"plan": {"goal": "g", "steps": []}, "plan": {"goal": "h", "steps": '
+     '[{"name": "a", "tool": "echo"}]}}', "'plan' more than once"),
+    ('{"plan": {"goal": "g", "steps": [{"name": "a", "tool": "echo", '
+     '"inputs": {"n": ' + "9" * 5000 + '}}]}}', "a number with more than 4300 digits"),
+], ids=["duplicate key in inputs", "duplicate top-level key", "5000-digit integer"])
+def test_a_body_whose_json_would_lose_something_is_a_400_saying_what(client, data, says):
+    # given JSON that Python would read by dropping a key's first value, or cannot read
+    before = run_count()
+    body = assert_error_shape(client.post("/runs", data=data,
+                                          content_type="application/json"), 400)
+    # then it is refused, saying what, in words not Python's, and nothing is stored
+    assert says in body["message"]
+    assert "sys." not in body["message"] and "int_max_str_digits" not in body["message"]
+    assert run_count() == before
+
+
 def test_an_oversize_body_gets_413(client):
     huge = {"plan": {"goal": "g" * 2_000_000, "steps": []}}
     assert_error_shape(client.post("/runs", json=huge), 413)
@@ -113,6 +132,16 @@ def test_bad_query_parameters_get_422(client):
     assert_error_shape(client.get("/runs?status=sleeping"), 422)
     assert_error_shape(client.get("/runs?cursor=%%%"), 422)
     assert_error_shape(client.get("/runs/x/events?after=-1"), 422)
+
+
+@pytest.mark.parametrize(("path", "name"), [
+    ("/runs?limit=1&limit=2", "limit"),
+    ("/runs?status=failed&status=succeeded", "status"),
+    ("/runs/00000000-0000-0000-0000-000000000000/events?after=1&after=2", "after"),
+])
+def test_a_query_parameter_given_twice_is_a_422_not_the_first_one_quietly(client, path, name):
+    body = assert_error_shape(client.get(path), 422)
+    assert body["errors"]["query"][name] == ["given more than once; give it once"]
 
 
 @pytest.mark.parametrize("name", ["报告.md", 'a"b.md', "two\nlines.md", "plain.md"])

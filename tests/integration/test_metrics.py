@@ -18,7 +18,10 @@ WORKER_METRICS = f"http://127.0.0.1:{PORTS['metrics']}/metrics"
 def scrape_api(client) -> Scrape:
     response = client.get("/metrics")
     assert response.status_code == 200
-    assert response.content_type.startswith("text/plain")
+    # Prometheus's own content type, as prometheus-client gives it: once, not charset twice
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    assert response.headers["Content-Type"] == CONTENT_TYPE_LATEST
     return Scrape(response.get_data(as_text=True))
 
 

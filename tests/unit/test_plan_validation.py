@@ -82,6 +82,23 @@ def test_the_seed_plan_is_accepted_with_defaults_filled_in():
         pytest.param({"goal": "g", "steps": [codegen()]}, ("plan",), id="plan not wrapped"),
         pytest.param({"plan": {"goal": "g", "steps": "all of them"}}, ("plan", "steps"),
                      id="steps not a list"),
+        # Numbers are JSON numbers, and integers whole: nothing is rounded or read from text.
+        pytest.param(body({**codegen(), "max_attempts": 1.9}),
+                     ("plan", "steps", "0", "max_attempts"), id="fractional attempts"),
+        pytest.param(body({**codegen(), "max_attempts": 10.5}),
+                     ("plan", "steps", "0", "max_attempts"), id="attempts rounding into range"),
+        pytest.param(body({**codegen(), "max_attempts": "3"}),
+                     ("plan", "steps", "0", "max_attempts"), id="attempts as text"),
+        pytest.param(body({**codegen(), "max_attempts": True}),
+                     ("plan", "steps", "0", "max_attempts"), id="attempts as a boolean"),
+        pytest.param(body({**codegen(), "timeout_s": "5"}), ("plan", "steps", "0", "timeout_s"),
+                     id="timeout as text"),
+        pytest.param(body({"name": "x", "tool": "sleep", "inputs": {"seconds": "0.1"}}),
+                     ("plan", "steps", "0", "inputs", "seconds"), id="seconds as text"),
+        pytest.param(body(codegen(max_tokens=100.7)),
+                     ("plan", "steps", "0", "inputs", "max_tokens"), id="fractional max_tokens"),
+        pytest.param(body(codegen(max_tokens="100")),
+                     ("plan", "steps", "0", "inputs", "max_tokens"), id="max_tokens as text"),
     ],
 )
 def test_a_bad_plan_is_refused_with_the_field_that_is_wrong(data, where):
@@ -92,6 +109,12 @@ def test_a_bad_plan_is_refused_with_the_field_that_is_wrong(data, where):
                                            else key in node), f"{where} not in {errors}"
         node = node[key] if key in node else node[int(key)]
     assert node
+
+
+@pytest.mark.parametrize("value", [3, 3.0, 1e1], ids=["int", "whole float", "exponent"])
+def test_a_whole_number_of_attempts_is_accepted_however_it_is_written(value):
+    [step] = load(body({**codegen(), "max_attempts": value}))["plan"]["steps"]
+    assert step["max_attempts"] == value
 
 
 def test_every_problem_in_a_plan_is_reported_at_once():
