@@ -8,9 +8,10 @@ import multiprocessing
 import platform
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import redis as redis_lib

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import httpx
 
 from nofx.config import get_settings
-
 
 #: What ``GET /runs/{id}/events`` returns at most a call (its ``limit``'s maximum).
 EVENT_PAGE = 1000

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Mapping, TypeVar
+from typing import TypeVar
 
 N = TypeVar("N", int, float)
 
@@ -135,7 +136,7 @@ class Settings:
     log_format: str = "json"
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Read every setting from ``env`` (default: ``os.environ``)."""
         env = os.environ if env is None else env
         data_dir = Path(env.get("NOFX_DATA_DIR") or "./.nofx").resolve()
@@ -196,7 +197,7 @@ class Settings:
         return self.data_dir / "broker"
 
 
-def _within_own_bounds(settings: "Settings") -> "Settings":
+def _within_own_bounds(settings: Settings) -> Settings:
     """The defaults a step gets when it names no model or ``max_tokens`` must pass the
     bounds a plan's own values are held to (``NOFX_LLM_MODELS``, ``NOFX_LLM_MAX_TOKENS_LIMIT``)."""
     allowed = settings.llm_models

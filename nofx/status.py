@@ -23,18 +23,18 @@ from __future__ import annotations
 import json
 import uuid
 from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Any, Iterable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Connection, bindparam, exists, func, insert, or_, select, text, update
 from sqlalchemy.dialects.postgresql import JSONB
 
 from nofx.db import counters
 from nofx.db.counters import Tally, run_status, step_status
-from nofx.db.engine import (autocommit, fetch_one_by_driver, get_engine, held_connection,
-                             transaction)
+from nofx.db.engine import autocommit, fetch_one_by_driver, get_engine, held_connection, transaction
 from nofx.db.models import UTCDateTime, artifacts, events, runs, steps
 from nofx.domain import RUN_ACTIVE, RUN_RESUMABLE, STEP_ACTIVE, RunStatus, StepStatus
 
@@ -47,7 +47,7 @@ ONE_STATEMENT = True
 
 def now() -> datetime:
     """The current time in UTC; every timestamp NOFX writes comes from here."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def new_id() -> str:

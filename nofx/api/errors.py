@@ -54,7 +54,7 @@ def init_app(app: Flask) -> None:
     # Down, unreachable, a connection lost mid-request, or no pooled connection free
     # within the pool's timeout: all answer 503, which clients may retry.
     def _database(exc: Exception) -> tuple[Response, int]:
-        log.error("database unavailable: %s", getattr(exc, "orig", None) or exc, exc_info=True)
+        log.error("database unavailable: %s", getattr(exc, "orig", None) or exc, exc_info=exc)
         return error_response(503, "the database is unavailable; try again shortly")
 
     for kind in UNAVAILABLE:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from gunicorn import util
 from gunicorn.util import parse_address

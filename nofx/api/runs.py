@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -184,7 +184,7 @@ def decode_cursor(cursor: str | None) -> tuple[datetime, str] | None:
         parsed = datetime.fromisoformat(created_at)
         if parsed.tzinfo is None:
             raise ValueError("cursor time has no zone")
-        return parsed.astimezone(timezone.utc), str(UUID(run_id))
+        return parsed.astimezone(UTC), str(UUID(run_id))
     except (ValueError, OverflowError, binascii.Error, UnicodeDecodeError):
         abort(422, message="invalid cursor",
               errors={"query": {"cursor": ["not a cursor from this API"]}})

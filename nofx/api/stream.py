@@ -18,8 +18,9 @@ import logging
 import threading
 import time
 import weakref
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
-from typing import Any, Generator, Iterator
+from typing import Any
 
 from flask import Response
 

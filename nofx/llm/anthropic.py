@@ -8,7 +8,8 @@ is visible as a ``step.retrying`` event and retries never multiply (SDK x Celery
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import anthropic
 from celery.exceptions import SoftTimeLimitExceeded

@@ -11,8 +11,9 @@ and guard nothing the reaper does not already: it ends any run whose steps all s
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from celery import chain
 from sqlalchemy import select
@@ -41,7 +42,7 @@ class Link:
     timeout_s: float
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> "Link":
+    def from_row(cls, row: Mapping[str, Any]) -> Link:
         return cls(row["id"], row["index"], row["name"], row["tool"], row["timeout_s"])
 
 

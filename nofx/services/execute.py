@@ -11,8 +11,9 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import select
@@ -141,8 +142,8 @@ def record_usage(step: status.ClaimedStep, completion: Completion) -> None:
     except UNAVAILABLE:
         # The model has answered (and been paid): keep its answer rather than fail the step
         # over the record of its cost, which this line and the metrics still carry.
-        log.error("could not record llm.usage: the database is unavailable", exc_info=True,
-                  extra={"run_id": step.run_id, "step_id": step.id, "usage": payload})
+        log.exception("could not record llm.usage: the database is unavailable",
+                      extra={"run_id": step.run_id, "step_id": step.id, "usage": payload})
 
 
 class Progress:

@@ -21,8 +21,8 @@ from sqlalchemy import Connection, func, select
 
 from nofx import status
 from nofx.config import get_settings
-from nofx.db.engine import transaction
 from nofx.db import counters
+from nofx.db.engine import transaction
 from nofx.db.models import components, steps
 from nofx.domain import RunStatus, StepStatus
 from nofx.services import reaper

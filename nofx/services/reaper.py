@@ -17,9 +17,10 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
-from typing import Any, Iterator
+from typing import Any
 
 from sqlalchemy import Connection, Select, and_, func, or_, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -27,8 +28,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from nofx import status
 from nofx.config import Settings, get_settings
-from nofx.db.engine import UNAVAILABLE, get_engine, transaction
 from nofx.db import counters
+from nofx.db.engine import UNAVAILABLE, get_engine, transaction
 from nofx.db.models import components, runs, steps
 from nofx.domain import RUN_ACTIVE, RunStatus, StepStatus
 from nofx.services import dispatch

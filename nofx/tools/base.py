@@ -8,8 +8,9 @@ to store.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 from marshmallow import Schema, ValidationError, fields, validate
 

@@ -85,9 +85,9 @@ def run_step(self: StepTask, run_id: str, step_id: str, **display: Any) -> None:
         # Whatever the attempt came to, it could not be recorded. Failing the step for that
         # would end the run over a database blip; the step stays running, its heartbeat
         # stops, and the reaper requeues it (or, out of attempts, fails it).
-        log.error("the database is unavailable: this attempt's outcome is not recorded; "
-                  "the reaper will take the step back", exc_info=True,
-                  extra=_ids(run_id, step_id, attempt=step.attempt))
+        log.exception("the database is unavailable: this attempt's outcome is not recorded; "
+                      "the reaper will take the step back",
+                      extra=_ids(run_id, step_id, attempt=step.attempt))
         raise Ignore() from None
 
 
@@ -138,7 +138,7 @@ def _not_claimed(run_id: str, step_id: str) -> None:
     current = execute.step_status(step_id)
     if current == StepStatus.SUCCEEDED:
         log.info("step already succeeded; passing the chain on", extra=_ids(run_id, step_id))
-        return None
+        return
     log.info("step not claimable (%s); this delivery stops here", current,
              extra=_ids(run_id, step_id))
     raise Ignore()

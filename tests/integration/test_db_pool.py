@@ -251,9 +251,8 @@ def test_a_disconnect_while_held_fails_that_statement_only(held_url, database):
 
     # when the thread writes at once (not idle long enough to be pinged): that write fails,
     # as SQLAlchemy says a disconnect does, and the next one works on a new connection
-    with pytest.raises(exc.DBAPIError) as raised:
-        with engines.held_connection(held_url) as conn:
-            _backend_pid(conn)
+    with pytest.raises(exc.DBAPIError) as raised, engines.held_connection(held_url) as conn:
+        _backend_pid(conn)
     assert raised.value.connection_invalidated
     with engines.held_connection(held_url) as conn:
         assert _backend_pid(conn) != pid
@@ -320,11 +319,10 @@ def test_a_python_error_between_statements_rolls_back_and_keeps_the_connection(h
         conn.execute(text("CREATE TABLE IF NOT EXISTS rollback_probe (x integer)"))
     pid = None
     try:
-        with pytest.raises(ValueError):
-            with engines.transaction(held_url) as conn:
-                pid = conn.execute(text("SELECT pg_backend_pid()")).scalar()
-                conn.execute(text("INSERT INTO rollback_probe VALUES (1)"))
-                raise ValueError("not the database's")
+        with pytest.raises(ValueError), engines.transaction(held_url) as conn:
+            pid = conn.execute(text("SELECT pg_backend_pid()")).scalar()
+            conn.execute(text("INSERT INTO rollback_probe VALUES (1)"))
+            raise ValueError("not the database's")
         with engines.transaction(held_url) as conn:
             assert conn.execute(text("SELECT count(*) FROM rollback_probe")).scalar() == 0
             assert conn.execute(text("SELECT pg_backend_pid()")).scalar() == pid

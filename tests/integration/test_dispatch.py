@@ -4,7 +4,8 @@ left for the reaper's fast path (``never_dispatched``) when the broker refuses t
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from kombu.exceptions import OperationalError as BrokerDown

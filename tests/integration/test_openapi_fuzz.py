@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from datetime import datetime, timezone
-from typing import Any, Iterator
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 import schemathesis
@@ -52,7 +53,7 @@ schema = schemathesis.openapi.from_wsgi(
 schemathesis.openapi.format("cursor", st.builds(
     lambda at, run_id: encode_cursor((at, str(run_id))),
     st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1),
-                 timezones=st.just(timezone.utc)),
+                 timezones=st.just(UTC)),
     st.uuids(),
 ))
 
@@ -109,7 +110,7 @@ def fuzz_app(services: dict[str, Any], worker: Any, beat: Any) -> Iterator[Any]:
     """
     wait_until(lambda: all(c["ok"] for c in health.detailed().values()), timeout=30,
                what="every check of /health/detailed to pass")
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     yield app_with_tokens(TOKEN)
     with transaction() as conn:
         active = conn.execute(select(runs.c.id).where(

@@ -7,8 +7,16 @@ import os
 
 from tests.support.fake_anthropic import Reply
 from tests.support.procs import wait_until
-from tests.support.runs import (event_types, plan, quiet, seed_body, step, submit, token,
-                                wait_finished)
+from tests.support.runs import (
+    event_types,
+    plan,
+    quiet,
+    seed_body,
+    step,
+    submit,
+    token,
+    wait_finished,
+)
 
 
 def test_the_seed_plan_succeeds_with_its_artifact_and_every_event_in_order(

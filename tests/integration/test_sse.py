@@ -7,7 +7,8 @@ the stream reads the database, so it does not matter.
 from __future__ import annotations
 
 import uuid
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest

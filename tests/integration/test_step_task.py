@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import timedelta
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from sqlalchemy import select, update
@@ -21,7 +22,6 @@ from nofx.tools.echo import EchoTool
 from nofx.worker.tasks import run_step
 from tests.support.fake_anthropic import Reply
 from tests.support.runs import settle, token
-
 
 MADE: list[str] = []
 

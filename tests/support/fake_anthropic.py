@@ -39,15 +39,15 @@ class Reply:
     cut_after: int | None = None  # close the connection after this many deltas
 
     @classmethod
-    def ok(cls, text: str, input_tokens: int = 11, output_tokens: int = 22) -> "Reply":
+    def ok(cls, text: str, input_tokens: int = 11, output_tokens: int = 22) -> Reply:
         return cls(200, text, input_tokens, output_tokens)
 
     @classmethod
-    def error(cls, status: int) -> "Reply":
+    def error(cls, status: int) -> Reply:
         return cls(status=status)
 
     @classmethod
-    def malformed(cls) -> "Reply":
+    def malformed(cls) -> Reply:
         return cls(raw=b'{"id": "msg_broken", "type": "message", "content": [')
 
 
@@ -67,11 +67,11 @@ class FakeAnthropic:
     _script: dict[str, list[Reply]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def start(self) -> "FakeAnthropic":
+    def start(self) -> FakeAnthropic:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 fake._handle(self, body)
 

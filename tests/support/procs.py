@@ -8,9 +8,9 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from pathlib import Path
 
 import httpx
 
@@ -43,7 +43,7 @@ def wait_until(check: Callable[[], object], timeout: float = 30.0, interval: flo
 
 #: Every Proc started and not yet stopped: the session kills what is left (a process in its
 #: own session outlives pytest, and a leftover beat would reap the shared database).
-LIVE: list["Proc"] = []
+LIVE: list[Proc] = []
 
 
 class Proc:

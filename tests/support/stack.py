@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import uuid
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -34,7 +35,7 @@ class Stack:
         self.url = ""
         self.http: httpx.Client | None = None
 
-    def start_api(self) -> "Stack":
+    def start_api(self) -> Stack:
         proc, self.url = start_api(f"api-{self.id}", self.env, self.logs_dir, workers=1)
         self.procs.append(proc)
         self.http = httpx.Client(base_url=self.url, timeout=15)
@@ -130,7 +131,7 @@ class PrivateRedis:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> "PrivateRedis":
+    def start(self) -> PrivateRedis:
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--dir", str(self.workdir)],
@@ -159,9 +160,9 @@ def seconds_between(earlier_iso: str, later_iso: str) -> float:
 
 
 def now_iso() -> str:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    return datetime.now(timezone.utc).isoformat()
+    return datetime.now(UTC).isoformat()
 
 
-__all__ = ["Stack", "PrivateRedis", "seconds_between", "now_iso"]
+__all__ = ["PrivateRedis", "Stack", "now_iso", "seconds_between"]

@@ -165,7 +165,7 @@ def test_a_reader_that_stops_early_is_no_error(tmp_path):
             "created_at": "2026-12-06T00:00:00.000000+00:00"} for i in range(1, 5001)]
 
     class Api(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             query = httpx.URL(self.path).params
             after, limit = int(query.get("after", 0)), int(query.get("limit", 1000))
             body = json_module.dumps(

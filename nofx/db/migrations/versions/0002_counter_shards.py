@@ -8,8 +8,8 @@ Counters get a shard column (writers spread over a few rows) and the run and ste
 totals behind /metrics become counters, seeded from the rows that exist now.
 """
 
-from alembic import op
 import sqlalchemy as sa
+from alembic import op
 
 revision = '0002'
 down_revision = '0001'

@@ -13,8 +13,8 @@ time its run starts or resumes. NULL, as in every row written before this revisi
 every step never resumed, means ``max_attempts`` (then unchanged since the run was created).
 """
 
-from alembic import op
 import sqlalchemy as sa
+from alembic import op
 
 revision = '0005'
 down_revision = '0004'
