@@ -12,10 +12,12 @@ fixtures need Docker, which this machine does not have.
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -31,6 +33,12 @@ PORTS: dict[str, int] = {}
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # A suite started as a background job of a non-interactive shell inherits SIGINT
+    # ignored, and so would every process it starts: `nofx dev` (rightly, as Python does)
+    # keeps ignoring it, and the tests that stop it with Ctrl-C would wait in vain. With a
+    # handler here, children start with the default disposition again.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     data_dir = Path(tempfile.mkdtemp(prefix=f"nofx-test-{SESSION}-"))
     PORTS.update(s3=free_port(), llm=free_port(), metrics=free_port())
     os.environ.update({
