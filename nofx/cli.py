@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import click
 
@@ -175,6 +176,71 @@ def reap() -> None:
     click.echo(json.dumps(reap_now()))
 
 
+class Age(click.ParamType):
+    """An age such as ``30d``, ``12h``, ``90m`` or ``3600s`` (a bare number is days)."""
+
+    name = "age"
+    UNITS = {"d": 86_400, "h": 3_600, "m": 60, "s": 1}
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        from datetime import timedelta
+
+        if isinstance(value, timedelta):
+            return value
+        text = str(value).strip().lower()
+        number, unit = (text[:-1], text[-1]) if text[-1:] in self.UNITS else (text, "d")
+        try:
+            seconds = float(number) * self.UNITS[unit]
+        except ValueError:
+            seconds = 0.0
+        if not seconds > 0 or seconds == float("inf"):
+            self.fail(f"{value!r} is not an age: write it as 30d, 12h, 90m or 3600s", param, ctx)
+        return timedelta(seconds=seconds)
+
+
+def _age(age: Any) -> str:
+    """``30d``, ``12h``... for a timedelta, in the largest unit that divides it."""
+    seconds = age.total_seconds()
+    for unit, size in Age.UNITS.items():
+        if seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds}s"
+
+
+@main.command()
+@click.option("--older-than", "older_than", type=Age(), required=True,
+              help="Prune runs that ended longer ago than this: 30d, 12h, 90m, 3600s.")
+@click.option("--status", "statuses", multiple=True,
+              type=click.Choice(["succeeded", "failed", "cancelled"]),
+              help="Only runs that ended so (repeat for more); default: all three.")
+@click.option("--dry-run", is_flag=True, help="Only count what would go.")
+@click.option("--batch", default=200, show_default=True, type=click.IntRange(min=1),
+              help="Runs deleted per transaction.")
+def prune(older_than: Any, statuses: tuple[str, ...], dry_run: bool, batch: int) -> None:
+    """Delete ended runs older than --older-than, with their steps, events and artifacts.
+
+    Runs still queued or running are never touched, nor one retried meanwhile. Each batch
+    of runs goes in one transaction; their stored files (NOFX_STORAGE_URL) are removed
+    after it. Progress goes to stderr; a JSON summary to stdout. The counters behind
+    /metrics are totals and stay as they are. A pruned run's Idempotency-Key may be used
+    again. Safe to run while NOFX serves (e.g. daily, from cron or a Kubernetes CronJob).
+    """
+    from nofx.config import get_settings
+    from nofx.services.retention import prune as prune_runs
+
+    settings = get_settings()
+    _require_schema(settings.database_url)
+    wanted = statuses or ("succeeded", "failed", "cancelled")
+    click.echo(f"{'counting' if dry_run else 'pruning'} {', '.join(wanted)} runs that ended "
+               f"more than {_age(older_than)} ago in {_safe_url(settings.database_url)}", err=True)
+    done = prune_runs(older_than, wanted, dry_run=dry_run, batch=batch, progress=lambda p: (
+        click.echo(f"pruned {p.runs} runs ({p.files} files) so far", err=True)))
+    for run_id, error in done.files_left.items():
+        click.echo(f"run {run_id}: its rows are gone but some of its files are left: {error}",
+                   err=True)
+    click.echo(json.dumps(done.as_dict()))
+
+
 def _require_schema(url: str) -> None:
     """Stop, saying why, unless ``url`` holds NOFX's schema: a mistyped or forgotten
     NOFX_DATABASE_URL must not create an empty SQLite file and fail on it."""
@@ -226,10 +292,9 @@ def db() -> None:
 def upgrade(revision: str) -> None:
     """Create or migrate the schema at NOFX_DATABASE_URL."""
     from nofx.config import get_settings
-    from nofx.db.migrate import upgrade as do_upgrade
-
     from nofx.db.engine import get_engine
     from nofx.db.migrate import revision as found
+    from nofx.db.migrate import upgrade as do_upgrade
 
     do_upgrade(revision=revision)
     with get_engine().connect() as conn:

@@ -23,6 +23,10 @@ class Storage(Protocol):
 
     def get(self, key: str) -> bytes: ...
 
+    def remove_prefix(self, prefix: str) -> int:
+        """Remove every object whose key starts with ``prefix``; how many there were."""
+        ...
+
     def check(self) -> None:
         """Raise if the store does not answer."""
 

@@ -44,6 +44,24 @@ class FileStorage:
         except OSError as exc:
             raise StorageError(f"could not read artifact {key}: {exc}") from exc
 
+    def remove_prefix(self, prefix: str) -> int:
+        """Remove the files under the folder ``prefix`` names (``runs/{run_id}/``)."""
+        folder = self._path(prefix.rstrip("/"))
+        if not folder.is_dir():
+            return 0
+        removed = 0
+        try:
+            for path in sorted(folder.rglob("*"), reverse=True):  # files before their folders
+                if path.is_dir() and not path.is_symlink():
+                    path.rmdir()
+                else:
+                    path.unlink()
+                    removed += 1
+            folder.rmdir()
+        except OSError as exc:
+            raise StorageError(f"could not remove artifacts under {prefix}: {exc}") from exc
+        return removed
+
     def check(self) -> None:
         """Raise unless the directory exists (or can be made) and is writable."""
         self.root.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@ import io
 import threading
 
 from minio import Minio
+from minio.deleteobjects import DeleteObject
 from minio.error import MinioException, S3Error
 from urllib3.exceptions import HTTPError
 
@@ -72,6 +73,25 @@ class S3Storage:
             if response is not None:
                 response.close()
                 response.release_conn()
+
+    def remove_prefix(self, prefix: str) -> int:
+        """Remove every object under ``prefix`` (listed, then deleted in batches of 1,000)."""
+        try:
+            names = [o.object_name for o in self.client.list_objects(
+                self.bucket, prefix=self._key(prefix), recursive=True) if o.object_name]
+            for start in range(0, len(names), 1000):
+                failed = list(self.client.remove_objects(  # lazy: read it, or nothing happens
+                    self.bucket, [DeleteObject(n) for n in names[start:start + 1000]]))
+                if failed:
+                    raise StorageError(f"could not remove {len(failed)} objects under "
+                                       f"{prefix}: {failed[0]}")
+        except S3Error as exc:
+            if exc.code == "NoSuchBucket":
+                return 0
+            raise StorageError(f"could not remove artifacts under {prefix}: {exc}") from exc
+        except (MinioException, HTTPError, OSError) as exc:
+            raise StorageError(f"could not remove artifacts under {prefix}: {exc}") from exc
+        return len(names)
 
     def check(self) -> None:
         """Raise unless the endpoint answers (the bucket may not exist yet). A refusal is

@@ -343,7 +343,10 @@ def test_each_kustomization_lists_every_manifest_beside_it() -> None:
 
 def pod_specs() -> dict[str, dict[str, Any]]:
     workloads = {**objects("Deployment"), **objects("Job")}
-    return {name: w["spec"]["template"] for name, w in workloads.items()}
+    pods = {name: w["spec"]["template"] for name, w in workloads.items()}
+    pods.update({name: c["spec"]["jobTemplate"]["spec"]["template"]
+                 for name, c in objects("CronJob").items()})
+    return pods
 
 
 def test_selectors_match_the_pods_they_are_meant_for() -> None:
