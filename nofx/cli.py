@@ -177,24 +177,27 @@ def reap() -> None:
 
 
 class Age(click.ParamType):
-    """An age such as ``30d``, ``12h``, ``90m`` or ``3600s`` (a bare number is days)."""
+    """An age: ``30d``, ``12h``, ``90m`` or ``3600s`` (a bare number is days), at most 100
+    years. Units are lower case: ``6M`` is refused rather than read as six minutes."""
 
     name = "age"
     UNITS = {"d": 86_400, "h": 3_600, "m": 60, "s": 1}
+    MAX_S = 100 * 365 * 86_400
 
     def convert(self, value: Any, param: Any, ctx: Any) -> Any:
         from datetime import timedelta
 
         if isinstance(value, timedelta):
             return value
-        text = str(value).strip().lower()
+        text = str(value).strip()
         number, unit = (text[:-1], text[-1]) if text[-1:] in self.UNITS else (text, "d")
         try:
             seconds = float(number) * self.UNITS[unit]
         except ValueError:
             seconds = 0.0
-        if not seconds > 0 or seconds == float("inf"):
-            self.fail(f"{value!r} is not an age: write it as 30d, 12h, 90m or 3600s", param, ctx)
+        if not 0 < seconds <= self.MAX_S:
+            self.fail(f"{value!r} is not an age: write it as 30d, 12h, 90m or 3600s "
+                      "(lower case; at most 100 years)", param, ctx)
         return timedelta(seconds=seconds)
 
 
@@ -221,9 +224,11 @@ def prune(older_than: Any, statuses: tuple[str, ...], dry_run: bool, batch: int)
 
     Runs still queued or running are never touched, nor one retried meanwhile. Each batch
     of runs goes in one transaction; their stored files (NOFX_STORAGE_URL) are removed
-    after it. Progress goes to stderr; a JSON summary to stdout. The counters behind
-    /metrics are totals and stay as they are. A pruned run's Idempotency-Key may be used
-    again. Safe to run while NOFX serves (e.g. daily, from cron or a Kubernetes CronJob).
+    before its rows go: a run whose files cannot be removed is kept whole, and the prune
+    stops there (exit 1). Progress goes to stderr; a JSON summary to stdout. The counters
+    behind /metrics are totals and stay as they are. A pruned run's Idempotency-Key may be
+    used again. Safe to run while NOFX serves (e.g. daily, from cron or a Kubernetes
+    CronJob). On S3 it needs to list and delete objects (s3:ListBucket, s3:DeleteObject).
     """
     from nofx.config import get_settings
     from nofx.services.retention import prune as prune_runs
@@ -235,10 +240,12 @@ def prune(older_than: Any, statuses: tuple[str, ...], dry_run: bool, batch: int)
                f"more than {_age(older_than)} ago in {_safe_url(settings.database_url)}", err=True)
     done = prune_runs(older_than, wanted, dry_run=dry_run, batch=batch, progress=lambda p: (
         click.echo(f"pruned {p.runs} runs ({p.files} files) so far", err=True)))
-    for run_id, error in done.files_left.items():
-        click.echo(f"run {run_id}: its rows are gone but some of its files are left: {error}",
-                   err=True)
     click.echo(json.dumps(done.as_dict()))
+    if done.kept:
+        run_id, error = next(iter(done.kept.items()))
+        raise click.ClickException(
+            f"stopped: the files of run {run_id} could not be removed, so it is kept whole "
+            f"(a later prune takes it): {error}")
 
 
 def _require_schema(url: str) -> None:

@@ -1,10 +1,11 @@
 """Retention: delete ended runs older than a cutoff, with everything they own.
 
-A run's steps, events and artifact rows go with it in one transaction per batch; its stored
-files (everything under ``runs/{run_id}/``, including those of attempts that lost their
-step) are removed once that transaction has committed. The delete is guarded: a run that is
-no longer ended, or ended later than the cutoff (retried meanwhile, say), is left alone, so
-``nofx prune`` can run beside the API and the workers.
+Batch by batch, in one transaction each: the batch's runs are locked (a retry of one waits,
+then finds it gone), their stored files (everything under ``runs/{run_id}/``, including
+those of attempts that lost their step) are removed, and then the runs whose files are gone
+are deleted with their steps, events and artifact rows. A run whose files could not all be
+removed keeps its rows, so nothing is left that no one can find, and the prune stops there:
+the store is failing. A prune stopped midway (killed, say) leaves whole runs for the next.
 
 The counters behind ``/metrics`` are totals of what happened and are not touched: pruning
 a run does not make it not have happened.
@@ -37,13 +38,13 @@ class Pruned:
     cutoff: datetime
     runs: int = 0
     files: int = 0
-    #: Runs whose files could not all be removed (their rows are gone): ``run_id: error``.
-    files_left: dict[str, str] = field(default_factory=dict)
+    #: Runs kept because their files could not all be removed: ``run_id: error``.
+    kept: dict[str, str] = field(default_factory=dict)
     dry_run: bool = False
 
     def as_dict(self) -> dict[str, object]:
         return {"cutoff": self.cutoff.isoformat(), "runs": self.runs, "files": self.files,
-                "files_left": self.files_left, "dry_run": self.dry_run}
+                "kept": self.kept, "dry_run": self.dry_run}
 
 
 def prune(older_than: timedelta, statuses: Iterable[str] = RUN_TERMINAL, *,
@@ -72,24 +73,23 @@ def prune(older_than: timedelta, statuses: Iterable[str] = RUN_TERMINAL, *,
             chosen = conn.execute(
                 select(runs.c.id).where(*_prunable(wanted, result.cutoff))
                 .order_by(runs.c.created_at).limit(batch)
+                .with_for_update(skip_locked=True)  # Postgres; SQLite has one writer anyway
             ).scalars().all()
             if not chosen:
                 return result
-            # Guarded again as it deletes: a run retried since it was chosen is kept. Its
-            # steps, events and artifact rows go with it (ON DELETE CASCADE; NOFX turns
-            # SQLite's foreign keys on).
+            cleared = [run_id for run_id in chosen if _remove_files(storage, run_id, result)]
+            # Steps, events and artifact rows go with each run (ON DELETE CASCADE; NOFX
+            # turns SQLite's foreign keys on). Guarded again, though the lock holds them.
             gone = conn.execute(
-                delete(runs).where(runs.c.id.in_(chosen), *_prunable(wanted, result.cutoff))
+                delete(runs).where(runs.c.id.in_(cleared), *_prunable(wanted, result.cutoff))
                 .returning(runs.c.id)
-            ).scalars().all()
+            ).scalars().all() if cleared else []
         result.runs += len(gone)
-        for run_id in gone:
-            _remove_files(storage, run_id, result)
         log.info("pruned %d runs that ended before %s", len(gone), result.cutoff.isoformat(),
                  extra={"runs": result.runs, "files": result.files})
         if progress:
             progress(result)
-        if len(chosen) < batch:
+        if result.kept or len(chosen) < batch:
             return result
 
 
@@ -99,10 +99,12 @@ def _prunable(wanted: list[str], cutoff: datetime) -> tuple:
     return (runs.c.status.in_(wanted), runs.c.created_at < cutoff, runs.c.ended_at < cutoff)
 
 
-def _remove_files(storage: Storage, run_id: str, result: Pruned) -> None:
+def _remove_files(storage: Storage, run_id: str, result: Pruned) -> bool:
     try:
         result.files += storage.remove_prefix(f"runs/{run_id}/")
-    except Exception as exc:  # the rows are gone; say which files are left, and go on
-        result.files_left[run_id] = str(exc)
-        log.warning("could not remove a pruned run's files", exc_info=True,
-                    extra={"run_id": run_id})
+    except Exception as exc:  # the run stays whole; say why, and stop after this batch
+        result.kept[run_id] = str(exc)
+        log.error("could not remove a run's files; the run is kept", exc_info=True,
+                  extra={"run_id": run_id})
+        return False
+    return True

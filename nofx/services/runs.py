@@ -271,6 +271,8 @@ def resume_run(run_id: str) -> dict[str, Any]:
     with transaction() as conn:
         _require_run(conn, run_id)
         first = status.resume_run(conn, run_id)
+        if first is None:
+            _require_run(conn, run_id)  # pruned while this waited for it: 404, not 409
     if first is None:
         raise Conflict(f"run {run_id} is not failed or cancelled; only those can be retried")
     log.info("run resumed", extra={"run_id": run_id, "from_index": first})

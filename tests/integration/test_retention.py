@@ -117,7 +117,7 @@ def test_old_ended_runs_go_with_all_they_own_and_every_other_run_stays(place):
     done = prune(timedelta(days=30), url=url, storage=store)
 
     # then the three old ones are gone, rows and files (a lost attempt's file too) ...
-    assert done.runs == 3 and done.files == 6 and not done.files_left
+    assert done.runs == 3 and done.files == 6 and not done.kept
     for run_id, key in old:
         assert rows_of(url, run_id) == {"steps": 0, "events": 0, "artifacts": 0, "runs": 0}
         assert not stored(store, key)
@@ -159,22 +159,78 @@ def test_running_or_queued_runs_cannot_be_asked_for(place):
         prune(timedelta(days=30), ["running", "queued"], url=url, storage=store)
 
 
-def test_a_store_that_fails_leaves_the_rows_gone_and_says_which_files_are_left(place):
+def test_a_store_that_fails_keeps_the_run_whole_and_stops_the_prune(place):
+    # given two old runs, and a store that cannot remove the first one's files
     url, store = place
-    run_id, key = make_run(url, store, "succeeded", ended_days_ago=40)
+    first, second = (make_run(url, store, "succeeded", ended_days_ago=40, created_days_ago=c)
+                     for c in (42, 41))
 
     class Failing:
         def __getattr__(self, name: str) -> Any:
             return getattr(store, name)
 
         def remove_prefix(self, prefix: str) -> int:
-            raise OSError("the store is down")
+            if first[0] in prefix:
+                raise OSError("the store is down")
+            return store.remove_prefix(prefix)
 
-    done = prune(timedelta(days=30), url=url, storage=Failing())  # type: ignore[arg-type]
+    done = prune(timedelta(days=30), url=url, storage=Failing(), batch=1)  # type: ignore[arg-type]
 
-    assert done.runs == 1 and done.files == 0
-    assert "the store is down" in done.files_left[run_id]
-    assert rows_of(url, run_id)["runs"] == 0 and stored(store, key)
+    # then the first run keeps its rows and its files (a later prune finds it again), the
+    # prune says why and stops there, and the second is left for the next one
+    assert (done.runs, done.files) == (0, 0)
+    assert "the store is down" in done.kept[first[0]]
+    assert rows_of(url, first[0])["runs"] == 1 and stored(store, first[1])
+    assert rows_of(url, second[0])["runs"] == 1 and stored(store, second[1])
+    assert prune(timedelta(days=30), url=url, storage=store).runs == 2
+
+
+def test_a_retry_of_a_run_being_pruned_waits_then_finds_it_gone(services):
+    # given an old failed run (Postgres: SQLite has one writer, so there a retry waits for
+    # the prune's whole transaction), and a prune held up while it removes the run's files
+    import threading
+
+    from nofx.adapters import storage
+    from nofx.services import runs as run_service
+
+    url, store = services["database"], storage()
+    run_id, _ = make_run(url, store, "failed", ended_days_ago=40)
+    removing, release = threading.Event(), threading.Event()
+
+    class Slow:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(store, name)
+
+        def remove_prefix(self, prefix: str) -> int:
+            removing.set()
+            assert release.wait(10)
+            return store.remove_prefix(prefix)
+
+    pruning = threading.Thread(target=lambda: prune(timedelta(days=30), url=url, storage=Slow()))
+    pruning.start()
+    assert removing.wait(10)
+
+    # when the run is retried meanwhile
+    retried: list[Any] = []
+    retry = threading.Thread(target=lambda: retried.append(_outcome(run_service.resume_run, run_id)))
+    retry.start()
+    retry.join(1.0)
+    # then the retry waits for the prune (the run is locked) ...
+    assert retry.is_alive() and not retried
+    release.set()
+    pruning.join(10)
+    retry.join(10)
+    # ... and then finds no run: nothing half-deleted was resumed
+    assert retried == ["NotFound"]
+    assert rows_of(url, run_id) == {"steps": 0, "events": 0, "artifacts": 0, "runs": 0}
+
+
+def _outcome(fn: Any, *args: Any) -> str:
+    try:
+        fn(*args)
+        return "done"
+    except Exception as exc:  # the test reads which
+        return type(exc).__name__
 
 
 def test_the_file_store_refuses_a_prefix_outside_it(tmp_path: Path):
@@ -217,6 +273,9 @@ def nofx(*args: str) -> Any:
     ((), "Missing option '--older-than'"),
     (("--older-than", "30x"), "'30x' is not an age: write it as 30d, 12h, 90m or 3600s"),
     (("--older-than", "0d"), "'0d' is not an age"),
+    (("--older-than", "6M"), "'6M' is not an age"),
+    (("--older-than", "1e12d"), "'1e12d' is not an age"),
+    (("--older-than", "900000d"), "at most 100 years"),
     (("--older-than", "30d", "--status", "running"), "'running' is not one of"),
 ])
 def test_the_command_needs_an_age_and_ended_statuses(here, args, says):
@@ -241,6 +300,22 @@ def test_the_command_prunes_showing_progress_and_what_it_did(here):
     assert done.output.strip().splitlines()[-1].startswith('{"cutoff": ')
     assert all(rows_of(url, run_id)["runs"] == 0 for run_id, _ in made)
     assert rows_of(url, kept[0])["runs"] == 1
+
+
+def test_the_command_stops_and_fails_when_the_store_cannot_remove_a_runs_files(
+        here, monkeypatch):
+    url, store = here
+    run_id, key = make_run(url, store, "failed", ended_days_ago=40)
+
+    def down(self: FileStorage, prefix: str) -> int:
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(FileStorage, "remove_prefix", down)
+    result = nofx("--older-than", "30d")
+
+    assert result.exit_code == 1
+    assert f"the files of run {run_id} could not be removed, so it is kept whole" in result.output
+    assert "disk gone" in result.output and rows_of(url, run_id)["runs"] == 1
 
 
 def test_the_command_refuses_a_database_that_is_not_there(tmp_path, monkeypatch):
