@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import threading
 import time
 import weakref
@@ -50,22 +51,39 @@ class Pace:
 
 
 class Slots:
-    """How many streams this process has open; :meth:`take` refuses one past the limit."""
+    """How many streams this process has open; :meth:`take` refuses one past the limit.
+
+    :meth:`give` only posts the release to a ``SimpleQueue``, whose ``put`` is safe from a
+    weakref callback or ``__del__`` (the garbage collector may run one in any thread, even
+    while that thread holds the lock); the count is settled under the lock when read."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.open = 0
+        self._given: queue.SimpleQueue[None] = queue.SimpleQueue()
+        self._taken = 0
 
     def take(self, limit: int) -> bool:
         with self._lock:
-            if self.open >= limit:
+            if self._settle() >= limit:
                 return False
-            self.open += 1
+            self._taken += 1
             return True
 
     def give(self) -> None:
+        self._given.put(None)
+
+    @property
+    def open(self) -> int:
         with self._lock:
-            self.open -= 1
+            return self._settle()
+
+    def _settle(self) -> int:
+        while True:
+            try:
+                self._given.get_nowait()
+            except queue.Empty:
+                return self._taken
+            self._taken -= 1
 
 
 SLOTS = Slots()

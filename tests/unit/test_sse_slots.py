@@ -32,3 +32,22 @@ def test_a_closed_stream_gives_its_slot_back_once():
     gc.collect()
 
     assert stream.SLOTS.open == before
+
+
+def test_a_slot_given_back_by_the_collector_inside_take_does_not_deadlock():
+    # The collector may run a finalizer in any thread, at any allocation: even in the
+    # thread that holds the slots' lock, inside take(). give() must not wait for that lock.
+    import threading
+
+    slots = stream.Slots()
+    assert slots.take(1)
+
+    def collector_inside_take() -> None:
+        with slots._lock:
+            slots.give()
+
+    worker = threading.Thread(target=collector_inside_take, daemon=True)
+    worker.start()
+    worker.join(2.0)
+    assert not worker.is_alive(), "give() waited for a lock its own thread holds"
+    assert slots.open == 0 and slots.take(1)
