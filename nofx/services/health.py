@@ -14,7 +14,7 @@ from typing import Any
 
 from nofx import adapters, status
 from nofx.config import get_settings
-from nofx.db import migrate
+from nofx.db import clock, migrate
 from nofx.db.engine import get_engine
 from nofx.logs import redact
 from nofx.services.reaper import last_run_at
@@ -27,13 +27,16 @@ Check = Callable[[], dict[str, Any]]
 
 
 def check_database() -> dict[str, Any]:
-    """Answers, and holds the schema this code needs (workers fail every step otherwise)."""
+    """Answers, and holds the schema this code needs (workers fail every step otherwise);
+    with how far this host's clock is from the database server's (Postgres), which is
+    reported, not judged: a skewed clock is the host's to fix, not a reason to stop serving."""
     with get_engine().connect() as conn:
         schema = migrate.revision(conn)  # a database that does not answer raises here
+        skew = clock.skew_s(conn)
     problem = migrate.schema_problem(schema)
     if problem:
         raise RuntimeError(problem)
-    return {"schema": schema}
+    return {"schema": schema, **({} if skew is None else {"clock_skew_s": skew})}
 
 
 def check_broker() -> dict[str, Any]:

@@ -71,18 +71,22 @@ def _log_start(sender: str, instance: Any = None, **_: Any) -> None:
 
 
 @signals.worker_ready.connect
-def _check_schema(**_: Any) -> None:
-    """Say loudly when the database is behind: every claim would fail until it is upgraded.
+def _check_database(**_: Any) -> None:
+    """Say loudly when the database is behind (every claim would fail until it is upgraded),
+    and when this host's clock is off the database server's (``nofx.db.clock``).
 
     The main process uses the database for nothing else (its pool processes run the steps),
     so the connection is closed afterwards rather than left idle for the worker's lifetime.
     """
+    from nofx.config import get_settings
+    from nofx.db import clock
     from nofx.db.engine import dispose_engines, get_engine
     from nofx.db.migrate import revision, schema_problem
 
     try:
         with get_engine().connect() as conn:
             found = revision(conn)
+            skew = clock.skew_s(conn)
     except Exception:  # the database is down: the steps' own errors will say so
         log.warning("could not check the database schema", exc_info=True)
         return
@@ -93,6 +97,11 @@ def _check_schema(**_: Any) -> None:
         log.error("%s; steps cannot run until then", problem)
     else:
         log.info("database schema is current", extra={"schema": found})
+    late = clock.skew_problem(skew, get_settings())
+    if late:
+        log.error(late, extra={"clock_skew_s": skew})
+    elif skew is not None:
+        log.info("clock in step with the database server's", extra={"clock_skew_s": skew})
 
 
 @signals.worker_init.connect

@@ -65,4 +65,32 @@ def reap_once() -> None:
         log.exception("reaper tick failed; the next one tries again")
         return
     elapsed_ms = round((time.monotonic() - started) * 1000, 1)
-    log.info("reaper tick", extra={**done, "duration_ms": elapsed_ms})
+    log.info("reaper tick", extra={**done, "duration_ms": elapsed_ms, **_clock_skew()})
+
+
+#: When beat last said its clock is off (``time.monotonic()``): at most every 10 minutes.
+_skew_said_at: float | None = None
+SKEW_SAY_EVERY_S = 600.0
+
+
+def _clock_skew() -> dict[str, float]:
+    """How far beat's clock is from the database server's (the reaper judges heartbeats
+    with it), said as an error when past the tolerance (``nofx.db.clock``)."""
+    global _skew_said_at
+    from nofx.config import get_settings
+    from nofx.db import clock
+    from nofx.db.engine import get_engine
+
+    try:
+        with get_engine().connect() as conn:
+            skew = clock.skew_s(conn)
+    except Exception:  # the database's trouble shows in the ticks themselves
+        return {}
+    if skew is None:
+        return {}
+    problem = clock.skew_problem(skew, get_settings())
+    now = time.monotonic()
+    if problem and (_skew_said_at is None or now - _skew_said_at >= SKEW_SAY_EVERY_S):
+        _skew_said_at = now
+        log.error(problem, extra={"clock_skew_s": skew})
+    return {"clock_skew_s": skew}

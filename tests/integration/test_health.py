@@ -58,7 +58,7 @@ def test_a_database_a_release_ahead_passes_the_check_as_in_a_rolling_upgrade(cli
                                                                              caplog):
     from sqlalchemy import create_engine, text
 
-    from nofx.worker.app import _check_schema
+    from nofx.worker.app import _check_database
 
     # given a database migrated by a newer NOFX (a revision these migrations do not know)
     url = f"sqlite:///{tmp_path / 'newer.db'}"
@@ -70,7 +70,7 @@ def test_a_database_a_release_ahead_passes_the_check_as_in_a_rolling_upgrade(cli
     with settings_env(NOFX_DATABASE_URL=url):
         # when health asks, and a worker of this (older) version starts
         check = client.get("/health/detailed").get_json()["checks"]["database"]
-        _check_schema()
+        _check_database()
 
     # then both carry on: the old processes of a rolling upgrade keep serving
     assert check["ok"] is True and check["schema"] == "0099", check
@@ -134,14 +134,14 @@ def test_a_hanging_broker_does_not_hang_detailed_health(stack_env, logs_dir):
 
 
 def test_a_worker_starting_on_a_database_behind_the_code_logs_an_error(tmp_path, caplog):
-    from nofx.worker.app import _check_schema
+    from nofx.worker.app import _check_database
 
     url = f"sqlite:///{tmp_path / 'old.db'}"
     upgrade(url, revision="0002")
     with settings_env(NOFX_DATABASE_URL=url):
-        _check_schema()
+        _check_database()
         upgrade(url)
-        _check_schema()  # at head: nothing more to say
+        _check_database()  # at head: nothing more to say
 
     errors = [r for r in caplog.records if r.levelname == "ERROR"]
     assert [r.getMessage() for r in errors] == [
