@@ -14,7 +14,7 @@ from flask_smorest import abort
 from webargs.core import missing
 from webargs.flaskparser import FlaskParser, is_json_request
 
-from nofx.api.errors import FIELD_ERRORS, error_response
+from nofx.api.errors import error_response
 from nofx.logs import bind
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
@@ -57,16 +57,6 @@ def check_body() -> tuple[Response, int] | None:
     return None
 
 
-def check_query() -> tuple[Response, int] | None:
-    """``422`` for a query parameter given more than once: webargs would read the first and
-    drop the rest, so ``?status=failed&status=succeeded`` would quietly mean ``failed``."""
-    repeated = sorted(k for k, values in request.args.lists() if len(values) > 1)
-    if not repeated:
-        return None
-    return error_response(422, FIELD_ERRORS, {"query": {
-        k: ["given more than once; give it once"] for k in repeated}})
-
-
 def _read_streamed_body(limit: int) -> tuple[Response, int] | None:
     # Werkzeug quietly cuts a streamed (chunked) body at the limit, and the JSON then looks
     # broken; read it here (the server has de-chunked it) and say what is really wrong.
@@ -106,6 +96,16 @@ class JsonBodyParser(FlaskParser):
             abort(400, message=f"the JSON body cannot be read: {exc}")
         g.json_body = body
         return body
+
+    def load_querystring(self, req: Any, schema: Any) -> Any:
+        """``422`` for a parameter given more than once (on the endpoints that take query
+        parameters): webargs would read the first and drop the rest, so
+        ``?status=failed&status=succeeded`` would quietly mean ``failed``."""
+        repeated = sorted(k for k, values in req.args.lists() if len(values) > 1)
+        if repeated:
+            abort(422, errors={"query": {
+                k: ["given more than once; give it once"] for k in repeated}})
+        return super().load_querystring(req, schema)
 
 
 def _text(data: bytes) -> str:

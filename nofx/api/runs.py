@@ -16,14 +16,13 @@ from flask_smorest.error_handler import ErrorSchema
 from marshmallow import RAISE
 
 from nofx.api import schemas, stream
-from nofx.api.requests import JsonBodyParser, check_body, check_query
+from nofx.api.requests import JsonBodyParser, check_body
 from nofx.config import get_settings
 from nofx.services import runs as service
 
 blp = Blueprint("runs", __name__, url_prefix="/runs", description="Runs of plans")
 blp.ARGUMENTS_PARSER = JsonBodyParser()
 blp.before_request(check_body)
-blp.before_request(check_query)
 
 
 @blp.record_once

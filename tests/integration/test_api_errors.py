@@ -144,6 +144,13 @@ def test_a_query_parameter_given_twice_is_a_422_not_the_first_one_quietly(client
     assert body["errors"]["query"][name] == ["given more than once; give it once"]
 
 
+def test_endpoints_that_take_no_query_parameters_ignore_a_query_string(client):
+    run_id = client.post("/runs", json=plan(step("a", "echo"))).get_json()["id"]
+    for query in ("x=1", "x=1&x=2"):
+        assert client.get(f"/runs/{run_id}?{query}").status_code == 200
+        assert client.get(f"/runs/{run_id}/artifacts?{query}").status_code == 200
+
+
 @pytest.mark.parametrize("name", ["报告.md", 'a"b.md', "two\nlines.md", "plain.md"])
 def test_an_artifact_named_anything_by_a_plugin_tool_downloads(client, services, name):
     # given an artifact a plugin tool named freely (the built-in tools allow safe names only)
