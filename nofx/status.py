@@ -129,6 +129,11 @@ def _lock_run(conn: Connection, run_id: str) -> RunStatus | None:
 # -- runs ----------------------------------------------------------------------------------
 
 
+def json_size(value: Any) -> int:
+    """How many bytes ``value`` takes in JSON as the API writes it (ASCII, compact)."""
+    return len(json.dumps(value, separators=(",", ":")))
+
+
 def create_run(
     conn: Connection,
     *,
@@ -150,8 +155,9 @@ def create_run(
     read of the run gives, without reading it back.
     """
     at = now()
-    run = _row(runs, id=run_id, status=RunStatus.QUEUED, goal=goal, plan=plan, created_at=at,
-               updated_at=at, idempotency_key=idempotency_key, request_hash=request_hash,
+    run = _row(runs, id=run_id, status=RunStatus.QUEUED, goal=goal, plan=plan,
+               plan_bytes=json_size(plan), created_at=at, updated_at=at,
+               idempotency_key=idempotency_key, request_hash=request_hash,
                dispatched_at=at if dispatched else None)
     written = [
         _row(steps, **row, run_id=run_id, status=Q, attempt=0, updated_at=at,
@@ -176,19 +182,20 @@ def create_run(
     return dict(run, steps=written, artifacts=[])
 
 
-_CREATE_RUN_KEYS = ("id", "status", "goal", "plan", "idempotency_key", "request_hash")
+_CREATE_RUN_KEYS = ("id", "status", "goal", "plan", "plan_bytes", "idempotency_key",
+                    "request_hash")
 _CREATE_STEP_KEYS = ("id", "run_id", "index", "name", "tool", "status", "inputs",
                      "max_attempts", "timeout_s")
 #: ``create_run`` on Postgres: the run, its steps, ``run.created`` and the counters in one
 #: statement (foreign keys are checked at its end, when the run row exists).
 _CREATE_SQL = text("""
 WITH run AS (
-  INSERT INTO runs (id, status, goal, plan, idempotency_key, request_hash, created_at,
-                    updated_at, dispatched_at)
-  SELECT r.id, r.status, r.goal, r.plan, r.idempotency_key, r.request_hash, :at, :at,
-         :dispatched_at
+  INSERT INTO runs (id, status, goal, plan, plan_bytes, idempotency_key, request_hash,
+                    created_at, updated_at, dispatched_at)
+  SELECT r.id, r.status, r.goal, r.plan, r.plan_bytes, r.idempotency_key, r.request_hash,
+         :at, :at, :dispatched_at
   FROM jsonb_to_record(:run) AS r(id text, status text, goal text, plan jsonb,
-                                  idempotency_key text, request_hash text)
+                                  plan_bytes integer, idempotency_key text, request_hash text)
   RETURNING id
 ), step AS (
   INSERT INTO steps (id, run_id, index, name, tool, status, inputs, attempt, max_attempts,

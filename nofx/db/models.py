@@ -69,6 +69,9 @@ runs = Table(
     Column("status", String(16), nullable=False),
     Column("goal", Text, nullable=False),
     Column("plan", JSONType, nullable=False),
+    # The plan's length in JSON as the API writes it (``GET /runs`` pages by it); NULL in
+    # rows from before migration 0006.
+    Column("plan_bytes", Integer, nullable=True),
     Column("idempotency_key", String(200), nullable=True, unique=True),
     Column("request_hash", String(64), nullable=True),
     Column("created_at", UTCDateTime, nullable=False),

@@ -138,8 +138,9 @@ def list_runs(
     """Runs newest first, one page after ``cursor`` (keyset), and the next page's cursor.
 
     A page holds at most ``limit`` runs, and ends early once the plans on it pass about
-    ``max_bytes`` (``NOFX_PAGE_MAX_BYTES``); it always holds at least one run. Runs left off
-    are counted in the database, so a page of large plans is never read whole."""
+    ``max_bytes`` (``NOFX_PAGE_MAX_BYTES``, counted with each run's ``plan_bytes``); it
+    always holds at least one run. The runs left off are counted in the database and never
+    sent to this process."""
     max_bytes = get_settings().page_max_bytes if max_bytes is None else max_bytes
     with reading() as conn:
         rows = [dict(r) for r in conn.execute(
@@ -168,7 +169,8 @@ def list_runs_query(status_filter: str | None, limit: int,
         )
     page = newest.subquery("newest")
     order = (page.c.created_at.desc(), page.c.id.desc())
-    size = func.length(cast(page.c.plan, Text))
+    # Runs from before migration 0006 have no plan_bytes: their stored plan is measured.
+    size = func.coalesce(page.c.plan_bytes, func.length(cast(page.c.plan, Text)))
     sized = select(
         page,
         (func.sum(size).over(order_by=order, rows=(None, 0)) - size).label("bytes_before"),

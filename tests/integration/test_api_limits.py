@@ -262,3 +262,19 @@ def test_runs_list_in_the_cli_walks_on_past_a_page_cut_short(app, client, monkey
     # then all four are shown, newest first, once each
     assert result.exit_code == 0, result.output
     assert [line.split()[0] for line in result.output.splitlines()] == made[::-1]
+
+
+def test_the_page_budget_counts_bytes_as_the_answer_writes_them(client, monkeypatch):
+    # given runs whose plans are 20,000 emoji each: 20,000 characters stored, but 240 kB
+    # in an answer (each is written as two \\u escapes, 12 bytes), and pages of ~300 kB
+    import nofx.api.runs as api_runs
+
+    settings = replace(get_settings(), page_max_bytes=300_000)
+    monkeypatch.setattr(api_runs, "get_settings", lambda: settings)
+    made = [client.post("/runs", json=plan(step("a", "echo", text="\U0001F600" * 20_000)))
+            .get_json()["id"] for _ in range(4)]
+
+    # then a page holds two of them (the second starts at 240 kB), not all four
+    page = client.get("/runs", query_string={"limit": 4})
+    assert [r["id"] for r in page.get_json()["items"]] == made[::-1][:2]
+    assert len(page.get_data()) < 2 * 300_000
