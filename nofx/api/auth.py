@@ -30,6 +30,7 @@ from nofx.config import get_settings
 PUBLIC = {("GET", "/health"), ("HEAD", "/health"), ("GET", "/health/ready"),
           ("HEAD", "/health/ready"), ("GET", "/metrics"), ("HEAD", "/metrics")}
 UNAUTHORIZED = "BearerTokenRequired"
+LOOPBACK_ONLY = "LoopbackOnly"
 _MESSAGE = "a valid bearer token is required (Authorization: Bearer <token>)"
 _LOOPBACK_ONLY = ("this API has no NOFX_API_TOKEN, so it serves loopback clients only "
                   "(addressing it as localhost or a loopback address, not through a proxy): "
@@ -131,14 +132,24 @@ def _document(api: Api) -> None:
             "schema": "Error",
             "example": {"code": 401, "status": "Unauthorized", "message": _MESSAGE}}},
     })
+    api.spec.components.response(LOOPBACK_ONLY, {
+        "description": "no NOFX_API_TOKEN is configured and the client is not on loopback",
+        "content": {"application/json": {
+            "schema": "Error",
+            "example": {"code": 403, "status": "Forbidden", "message": _LOOPBACK_ONLY}}},
+    })
     api.spec.plugins.append(_Unauthorized401())
 
 
 class _Unauthorized401(BasePlugin):
-    """Adds the 401 answer to every operation that needs a token (all but the public ones)."""
+    """Adds the 401 and 403 answers to every operation that needs a token (all but the
+    public ones): 401 where tokens are configured, 403 where none is and the client is
+    not on loopback."""
 
     def operation_helper(self, path: str | None = None, operations: dict | None = None,
                          **_: Any) -> None:
         for operation in (operations or {}).values():
             if isinstance(operation, dict) and operation.get("security") != []:
-                operation.setdefault("responses", {})["401"] = UNAUTHORIZED
+                responses = operation.setdefault("responses", {})
+                responses["401"] = UNAUTHORIZED
+                responses["403"] = LOOPBACK_ONLY

@@ -120,12 +120,16 @@ def test_tokens_are_read_comma_separated_with_spaces_ignored(services):
     assert client.get("/runs", headers=bearer(second)).status_code == 200
 
 
-def test_the_document_declares_bearer_auth_and_a_401_for_every_protected_operation(client):
+def test_the_document_declares_bearer_auth_and_a_401_and_403_for_every_protected_operation(
+        client):
     document = client.get("/openapi.json").get_json()
     assert document["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
+    assert "loopback" in document["components"]["responses"]["LoopbackOnly"]["description"]
     for method, path in OPERATIONS:
         responses = document["paths"][path][method]["responses"]
-        assert ("401" in responses) == ((method, path) not in PUBLIC), (method, path)
+        protected = (method, path) not in PUBLIC
+        assert ("401" in responses) == protected, (method, path)
+        assert ("403" in responses) == protected, (method, path)
 
 
 # -- refusing to serve an open API on the network ------------------------------------------
