@@ -222,10 +222,10 @@ def _age(age: Any) -> str:
 def prune(older_than: Any, statuses: tuple[str, ...], dry_run: bool, batch: int) -> None:
     """Delete ended runs older than --older-than, with their steps, events and artifacts.
 
-    Runs still queued or running are never touched, nor one retried meanwhile. Each batch
-    of runs goes in one transaction; their stored files (NOFX_STORAGE_URL) are removed
-    before its rows go: a run whose files cannot be removed is kept whole, and the prune
-    stops there (exit 1). Progress goes to stderr; a JSON summary to stdout. The counters
+    Runs still queued or running are never touched, nor one retried meanwhile. One run at
+    a time, in a transaction: its stored files (NOFX_STORAGE_URL) are removed, then its
+    rows. A run whose files cannot all be removed keeps its rows, and the prune stops there
+    (exit 1); run it again once the store answers. Progress goes to stderr; a JSON summary to stdout. The counters
     behind /metrics are totals and stay as they are. A pruned run's Idempotency-Key may be
     used again. Safe to run while NOFX serves (e.g. daily, from cron or a Kubernetes
     CronJob). On S3 it needs to list and delete objects (s3:ListBucket, s3:DeleteObject).
@@ -244,8 +244,9 @@ def prune(older_than: Any, statuses: tuple[str, ...], dry_run: bool, batch: int)
     if done.kept:
         run_id, error = next(iter(done.kept.items()))
         raise click.ClickException(
-            f"stopped: the files of run {run_id} could not be removed, so it is kept whole "
-            f"(a later prune takes it): {error}")
+            f"stopped: the files of run {run_id} could not all be removed, so the run is "
+            f"kept (some of its files may be gone; prune again once the store answers): "
+            f"{error}")
 
 
 def _require_schema(url: str) -> None:

@@ -21,6 +21,7 @@ False`` makes Postgres take the Python path too.
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -130,8 +131,25 @@ def _lock_run(conn: Connection, run_id: str) -> RunStatus | None:
 
 
 def json_size(value: Any) -> int:
-    """How many bytes ``value`` takes in JSON as the API writes it (ASCII, compact)."""
-    return len(json.dumps(value, separators=(",", ":")))
+    """How many bytes ``value`` takes in JSON as the API writes it (ASCII, compact).
+
+    A whole float Python writes with an exponent (``1e+20``) is counted as its digits: jsonb
+    keeps numbers as ``numeric`` and gives them back written out, which the API then writes
+    as an integer (``100000000000000000000``)."""
+    text = json.dumps(value, separators=(",", ":"))
+    if "e+" not in text:  # no such float (the usual case): no second pass
+        return len(text)
+    return len(json.dumps(_written_out(value), separators=(",", ":")))
+
+
+def _written_out(value: Any) -> Any:
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value) if abs(value) >= 1e16 else value
+    if isinstance(value, dict):
+        return {k: _written_out(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_written_out(v) for v in value]
+    return value
 
 
 def create_run(

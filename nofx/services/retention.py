@@ -1,11 +1,11 @@
 """Retention: delete ended runs older than a cutoff, with everything they own.
 
-Batch by batch, in one transaction each: the batch's runs are locked (a retry of one waits,
-then finds it gone), their stored files (everything under ``runs/{run_id}/``, including
-those of attempts that lost their step) are removed, and then the runs whose files are gone
-are deleted with their steps, events and artifact rows. A run whose files could not all be
-removed keeps its rows, so nothing is left that no one can find, and the prune stops there:
-the store is failing. A prune stopped midway (killed, say) leaves whole runs for the next.
+One run at a time, in a transaction of its own: the run is locked (a retry or cancel of it
+waits, then finds it gone), its stored files (everything under ``runs/{run_id}/``, including
+those of attempts that lost their step) are removed, and the run is deleted with its steps,
+events and artifact rows. If its files cannot all be removed, the run keeps its rows (some of
+its files may be gone already) and the prune stops: the store is failing. A prune killed
+midway leaves at most the one run it was on in that state; the next prune finishes it.
 
 The counters behind ``/metrics`` are totals of what happened and are not touched: pruning
 a run does not make it not have happened.
@@ -38,7 +38,8 @@ class Pruned:
     cutoff: datetime
     runs: int = 0
     files: int = 0
-    #: Runs kept because their files could not all be removed: ``run_id: error``.
+    #: The run whose files could not all be removed, kept (its rows; some of its files may
+    #: be gone), and why: ``run_id: error``. The prune stopped there.
     kept: dict[str, str] = field(default_factory=dict)
     dry_run: bool = False
 
@@ -69,28 +70,40 @@ def prune(older_than: timedelta, statuses: Iterable[str] = RUN_TERMINAL, *,
 
         storage = configured_storage()
     while True:
-        with transaction(url) as conn:
+        with reading(url) as conn:
             chosen = conn.execute(
                 select(runs.c.id).where(*_prunable(wanted, result.cutoff))
                 .order_by(runs.c.created_at).limit(batch)
-                .with_for_update(skip_locked=True)  # Postgres; SQLite has one writer anyway
             ).scalars().all()
-            if not chosen:
-                return result
-            cleared = [run_id for run_id in chosen if _remove_files(storage, run_id, result)]
-            # Steps, events and artifact rows go with each run (ON DELETE CASCADE; NOFX
-            # turns SQLite's foreign keys on). Guarded again, though the lock holds them.
-            gone = conn.execute(
-                delete(runs).where(runs.c.id.in_(cleared), *_prunable(wanted, result.cutoff))
-                .returning(runs.c.id)
-            ).scalars().all() if cleared else []
-        result.runs += len(gone)
-        log.info("pruned %d runs that ended before %s", len(gone), result.cutoff.isoformat(),
-                 extra={"runs": result.runs, "files": result.files})
-        if progress:
+        for run_id in chosen:
+            if not _prune_one(run_id, wanted, storage, result, url):
+                break
+        log.info("pruned %d runs that ended before %s so far", result.runs,
+                 result.cutoff.isoformat(), extra={"runs": result.runs, "files": result.files})
+        if progress and chosen:
             progress(result)
         if result.kept or len(chosen) < batch:
             return result
+
+
+def _prune_one(run_id: str, wanted: list[str], storage: Storage, result: Pruned,
+               url: str | None) -> bool:
+    """Lock one run (skipped if it is no longer prunable, or another prune holds it), remove
+    its files, delete it; ``False`` when its files could not all be removed."""
+    with transaction(url) as conn:
+        locked = conn.execute(
+            select(runs.c.id).where(runs.c.id == run_id, *_prunable(wanted, result.cutoff))
+            .with_for_update(skip_locked=True)  # Postgres; SQLite has one writer anyway
+        ).scalar_one_or_none()
+        if locked is None:
+            return True
+        if not _remove_files(storage, run_id, result):
+            return False
+        # Steps, events and artifact rows go with it (ON DELETE CASCADE; NOFX turns
+        # SQLite's foreign keys on).
+        conn.execute(delete(runs).where(runs.c.id == run_id))
+    result.runs += 1
+    return True
 
 
 def _prunable(wanted: list[str], cutoff: datetime) -> tuple:
@@ -102,7 +115,7 @@ def _prunable(wanted: list[str], cutoff: datetime) -> tuple:
 def _remove_files(storage: Storage, run_id: str, result: Pruned) -> bool:
     try:
         result.files += storage.remove_prefix(f"runs/{run_id}/")
-    except Exception as exc:  # the run stays whole; say why, and stop after this batch
+    except Exception as exc:  # the run keeps its rows; say why, and stop
         result.kept[run_id] = str(exc)
         log.error("could not remove a run's files; the run is kept", exc_info=True,
                   extra={"run_id": run_id})

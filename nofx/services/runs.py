@@ -260,6 +260,8 @@ def cancel_run(run_id: str) -> dict[str, Any]:
     with transaction() as conn:
         _require_run(conn, run_id)
         task_ids = status.cancel_run(conn, run_id)
+        if task_ids is None:
+            _require_run(conn, run_id)  # pruned while this waited for it: 404, not 409
     if task_ids is None:
         raise Conflict(f"run {run_id} has already finished; only queued or running runs cancel")
     log.info("run cancelled", extra={"run_id": run_id})

@@ -278,3 +278,19 @@ def test_the_page_budget_counts_bytes_as_the_answer_writes_them(client, monkeypa
     page = client.get("/runs", query_string={"limit": 4})
     assert [r["id"] for r in page.get_json()["items"]] == made[::-1][:2]
     assert len(page.get_data()) < 2 * 300_000
+
+
+def test_the_page_budget_counts_whole_floats_as_postgres_gives_them_back(client, monkeypatch):
+    # given plans of 3,000 numbers written 1e+300 (21 kB sent), which jsonb keeps as numeric
+    # and gives back written out (301 digits each: ~900 kB in an answer), pages of ~1 MB
+    import nofx.api.runs as api_runs
+
+    settings = replace(get_settings(), page_max_bytes=1_000_000)
+    monkeypatch.setattr(api_runs, "get_settings", lambda: settings)
+    made = [client.post("/runs", json=plan(step("a", "echo", n=[1e300] * 3000)))
+            .get_json()["id"] for _ in range(4)]
+
+    # then a page holds two, as its bytes say, not all four
+    page = client.get("/runs", query_string={"limit": 4})
+    assert [r["id"] for r in page.get_json()["items"]] == made[::-1][:2]
+    assert len(page.get_data()) < 2 * 1_000_000

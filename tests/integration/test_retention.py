@@ -159,29 +159,30 @@ def test_running_or_queued_runs_cannot_be_asked_for(place):
         prune(timedelta(days=30), ["running", "queued"], url=url, storage=store)
 
 
-def test_a_store_that_fails_keeps_the_run_whole_and_stops_the_prune(place):
+def test_a_store_that_fails_keeps_the_run_and_stops_the_prune_at_once(place):
     # given two old runs, and a store that cannot remove the first one's files
     url, store = place
     first, second = (make_run(url, store, "succeeded", ended_days_ago=40, created_days_ago=c)
                      for c in (42, 41))
+    asked: list[str] = []
 
     class Failing:
         def __getattr__(self, name: str) -> Any:
             return getattr(store, name)
 
         def remove_prefix(self, prefix: str) -> int:
-            if first[0] in prefix:
-                raise OSError("the store is down")
-            return store.remove_prefix(prefix)
+            asked.append(prefix)
+            raise OSError("the store is down")
 
-    done = prune(timedelta(days=30), url=url, storage=Failing(), batch=1)  # type: ignore[arg-type]
+    done = prune(timedelta(days=30), url=url, storage=Failing())  # type: ignore[arg-type]
 
-    # then the first run keeps its rows and its files (a later prune finds it again), the
-    # prune says why and stops there, and the second is left for the next one
+    # then the first run keeps its rows, the prune says why and goes no further (a failing
+    # store is not asked about every other run), and a later prune takes both
     assert (done.runs, done.files) == (0, 0)
     assert "the store is down" in done.kept[first[0]]
-    assert rows_of(url, first[0])["runs"] == 1 and stored(store, first[1])
-    assert rows_of(url, second[0])["runs"] == 1 and stored(store, second[1])
+    assert asked == [f"runs/{first[0]}/"]
+    assert rows_of(url, first[0])["runs"] == 1 and rows_of(url, second[0])["runs"] == 1
+    assert stored(store, second[1])
     assert prune(timedelta(days=30), url=url, storage=store).runs == 2
 
 
@@ -314,7 +315,8 @@ def test_the_command_stops_and_fails_when_the_store_cannot_remove_a_runs_files(
     result = nofx("--older-than", "30d")
 
     assert result.exit_code == 1
-    assert f"the files of run {run_id} could not be removed, so it is kept whole" in result.output
+    assert f"the files of run {run_id} could not all be removed, so the run is kept" in (
+        result.output)
     assert "disk gone" in result.output and rows_of(url, run_id)["runs"] == 1
 
 
