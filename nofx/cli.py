@@ -218,17 +218,18 @@ def _age(age: Any) -> str:
               help="Only runs that ended so (repeat for more); default: all three.")
 @click.option("--dry-run", is_flag=True, help="Only count what would go.")
 @click.option("--batch", default=200, show_default=True, type=click.IntRange(min=1),
-              help="Runs deleted per transaction.")
+              help="Runs picked at a time; progress is shown after each batch.")
 def prune(older_than: Any, statuses: tuple[str, ...], dry_run: bool, batch: int) -> None:
     """Delete ended runs older than --older-than, with their steps, events and artifacts.
 
     Runs still queued or running are never touched, nor one retried meanwhile. One run at
     a time, in a transaction: its stored files (NOFX_STORAGE_URL) are removed, then its
-    rows. A run whose files cannot all be removed keeps its rows, and the prune stops there
-    (exit 1); run it again once the store answers. Progress goes to stderr; a JSON summary to stdout. The counters
-    behind /metrics are totals and stay as they are. A pruned run's Idempotency-Key may be
-    used again. Safe to run while NOFX serves (e.g. daily, from cron or a Kubernetes
-    CronJob). On S3 it needs to list and delete objects (s3:ListBucket, s3:DeleteObject).
+    rows. A run whose files cannot all be removed keeps its rows, and the prune stops
+    there (exit 1); run it again once the store answers. Progress goes to stderr, a JSON
+    summary to stdout. The counters behind /metrics are totals and stay as they are. A
+    pruned run's Idempotency-Key may be used again. Safe to run while NOFX serves (e.g.
+    daily, from cron or a Kubernetes CronJob). On S3 it needs to list and delete objects
+    (s3:ListBucket, s3:DeleteObject).
     """
     from nofx.config import get_settings
     from nofx.services.retention import prune as prune_runs
@@ -237,7 +238,8 @@ def prune(older_than: Any, statuses: tuple[str, ...], dry_run: bool, batch: int)
     _require_schema(settings.database_url)
     wanted = statuses or ("succeeded", "failed", "cancelled")
     click.echo(f"{'counting' if dry_run else 'pruning'} {', '.join(wanted)} runs that ended "
-               f"more than {_age(older_than)} ago in {_safe_url(settings.database_url)}", err=True)
+               f"more than {_age(older_than)} ago in {_safe_url(settings.database_url)}",
+               err=True)
     done = prune_runs(older_than, wanted, dry_run=dry_run, batch=batch, progress=lambda p: (
         click.echo(f"pruned {p.runs} runs ({p.files} files) so far", err=True)))
     click.echo(json.dumps(done.as_dict()))
