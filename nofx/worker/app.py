@@ -6,7 +6,10 @@ text banners are replaced by a ``worker starting`` log line and beat's own log l
 
 from __future__ import annotations
 
+import faulthandler
 import logging
+import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +142,10 @@ def _after_fork(**_: Any) -> None:
 
     dispose_engines(close=False)
     freeze_startup_objects("worker-pool")
+    # `kill -USR2 PID` makes a pool process write every thread's stack to the worker's
+    # stderr, and go on: where a step is stuck, without a debugger. (SIGUSR1 is the soft
+    # time limit's, in pool processes.)
+    faulthandler.register(signal.SIGUSR2, file=sys.__stderr__, all_threads=True, chain=False)
 
 
 @signals.task_prerun.connect
