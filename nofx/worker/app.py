@@ -9,7 +9,6 @@ from __future__ import annotations
 import faulthandler
 import logging
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -145,7 +144,7 @@ def _after_fork(**_: Any) -> None:
     # `kill -USR2 PID` makes a pool process write every thread's stack to the worker's
     # stderr, and go on: where a step is stuck, without a debugger. (SIGUSR1 is the soft
     # time limit's, in pool processes.)
-    faulthandler.register(signal.SIGUSR2, file=sys.__stderr__, all_threads=True, chain=False)
+    faulthandler.register(signal.SIGUSR2, file=2, all_threads=True, chain=False)  # fd 2: stderr
 
 
 @signals.task_prerun.connect
