@@ -28,7 +28,7 @@ def pool_stacks(worker: Proc) -> str:
 
 def test_a_pool_process_writes_its_threads_stacks_to_the_log_on_sigusr2(stack_env, logs_dir):
     # given a worker (prefork)
-    tag = f"stacks-{uuid.uuid4().hex[:8]}"
+    tag = f"{stack_env['NOFX_QUEUE']}-stacks-{uuid.uuid4().hex[:8]}"  # the session cleans up
     worker = start_worker(tag, dict(stack_env, NOFX_QUEUE=tag, NOFX_WORKER_METRICS_PORT="0"),
                           logs_dir)
     try:
