@@ -85,8 +85,8 @@ class JsonBodyParser(FlaskParser):
         except RecursionError:
             abort(400, message="the JSON body is nested too deeply to read")
         except _Duplicate as exc:
-            abort(400, message=f"the JSON body has the key {exc.key!r} more than once in one "
-                               "object; only one value can be kept")
+            abort(400, message=f"the JSON body has the key {exc.key[:100]!r} more than once "
+                               "in one object; only one value can be kept")
         except ValueError as exc:
             if isinstance(exc, json.JSONDecodeError):
                 raise
