@@ -145,11 +145,8 @@ def list_runs(
     with reading() as conn:
         rows = [dict(r) for r in conn.execute(
             list_runs_query(status_filter, limit, cursor, max_bytes)).mappings().all()]
-    found = rows[0].pop("found") if rows else 0
-    for row in rows[1:]:
-        row.pop("found")
     page = rows[:limit]
-    more = found > len(page)
+    more = bool(rows) and rows[0]["found"] > len(page)  # items keep it: the schema leaves it out
     return page, ((page[-1]["created_at"], page[-1]["id"]) if more else None)
 
 
